@@ -1,0 +1,32 @@
+"""methodpool: a drop-in ``multiprocessing.Pool`` that accepts any callable.
+
+Bound methods, lambdas, closures, nested and interactively defined functions
+travel to the workers through a pluggable serializer; everything else is the
+standard library's ``Pool``.  Importing methodpool changes no global state.
+"""
+
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+
+from ._errors import (
+    DeserializationError,
+    PoolUsedInWorkerError,
+    RemoteTaskError,
+    SerializationError,
+)
+from ._pool import MethodPool, Pool
+from ._serializers import available_serializers, register_serializer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeserializationError",
+    "MaybeEncodingError",
+    "MethodPool",
+    "Pool",
+    "PoolUsedInWorkerError",
+    "RemoteTaskError",
+    "RemoteTraceback",
+    "SerializationError",
+    "available_serializers",
+    "register_serializer",
+]

@@ -1,0 +1,175 @@
+"""Every place methodpool relies on ``multiprocessing`` internals, in one file.
+
+``multiprocessing.pool.Pool`` (identical in this respect on CPython 3.10-3.13)
+offers no public hooks, so MethodPool uses three private ones:
+
+* ``Pool.Process(ctx, target=pool.worker, args=...)`` is how the pool starts
+  every worker, the first ones and every replacement.  An instance attribute
+  (:class:`WorkerFactory`) takes its place and starts
+  :func:`methodpool._worker.run_worker` with the same queues instead.
+* ``Pool._setup_queues`` creates the two ``SimpleQueue`` pipes and the
+  ``_quick_put`` / ``_quick_get`` functions that the task-handler and
+  result-handler threads use.  MethodPool replaces those two functions with
+  :class:`TaskWriter` and :class:`ResultReader`.
+* ``SimpleQueue._reader``, ``_writer``, ``_rlock`` and ``_wlock``: the worker
+  reads and writes raw frames itself (:class:`TaskReader`, :class:`ResultWriter`).
+
+``tests/test_backend.py`` pins each of these on every supported version.
+
+Frames.  Both pipes carry ``<job:int64><index:int64><pickle>``.  The header is
+readable even when the pickle is not, so a task or result that cannot be
+loaded fails that one task, by name, instead of killing a worker or the
+result-handler thread (which hangs the stdlib pool).  Anything shorter than a
+header is a plain pickle of ``None``: the sentinels that ``Pool`` itself
+writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing.pool
+import pickle
+import struct
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Callable, Sequence
+
+from ._errors import DeserializationError
+from ._serializers import PICKLE, Serializer
+from ._shipping import Payload, describe, encode
+
+HEADER = struct.Struct("<qq")
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+_SENTINEL = pickle.dumps(None, PROTOCOL)
+assert len(_SENTINEL) < HEADER.size
+
+
+def _frame(job: int, index: int, body: Any) -> io.BytesIO:
+    buf = io.BytesIO()
+    buf.write(HEADER.pack(job, index))
+    ForkingPickler(buf, PROTOCOL).dump(body)
+    return buf
+
+
+class TaskWriter:
+    """Replaces ``Pool._quick_put``: writes one task frame to the task pipe.
+
+    Arguments go by plain pickle (the stdlib's fast path); arguments it cannot
+    carry go as a :class:`Payload` of the ``fallback`` serializers.  Raises
+    :class:`~methodpool.SerializationError` if none can carry them; the pool's
+    task handler turns that into the failure of that task.
+    """
+
+    def __init__(self, inqueue: Any, fallback: Sequence[Serializer]) -> None:
+        self._send = inqueue._writer.send_bytes
+        self._fallback = fallback
+
+    def __call__(self, task: tuple[int, int, Any, Any, Any] | None) -> None:
+        if task is None:
+            self._send(_SENTINEL)
+            return
+        job, index, func, args, kwds = task
+        try:
+            buf = _frame(job, index, (func, args, kwds))
+        except Exception:
+            boxed = encode(
+                (args, kwds), self._fallback or (PICKLE,), f"the arguments of task {index}", "args"
+            )
+            buf = _frame(job, index, (func, boxed, None))
+        self._send(buf.getbuffer())
+
+
+class ResultReader:
+    """Replaces ``Pool._quick_get``: reads one result frame, never raising on bad data.
+
+    Returns ``(job, index, (ok, value))`` as the stdlib worker sends it; a
+    result that cannot be loaded becomes ``(False, DeserializationError)``.
+    """
+
+    def __init__(self, outqueue: Any) -> None:
+        self._recv = outqueue._reader.recv_bytes
+
+    def __call__(self) -> Any:
+        data = self._recv()
+        if len(data) < HEADER.size:
+            return pickle.loads(data)
+        job, index = HEADER.unpack_from(data)
+        try:
+            ok, value = pickle.loads(memoryview(data)[HEADER.size :])
+            if type(value) is Payload:
+                value = value.load(f"the result of task {index}")
+        except DeserializationError as exc:
+            ok, value = False, exc
+        except Exception as exc:
+            error = DeserializationError(
+                f"could not load the result of task {index} in the parent process: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            ok, value = False, error
+        return job, index, (ok, value)
+
+
+class TaskReader:
+    """Worker side: the next task frame, or ``None`` for the stop sentinel."""
+
+    def __init__(self, inqueue: Any) -> None:
+        self._rlock = inqueue._rlock
+        self._recv = inqueue._reader.recv_bytes
+        # Like pool.worker: this process only reads tasks and writes results.
+        inqueue._writer.close()
+
+    def __call__(self) -> bytes | None:
+        with self._rlock:
+            data = self._recv()
+        return data if len(data) >= HEADER.size else None
+
+
+class ResultWriter:
+    """Worker side: sends ``(ok, value)`` for a task, whatever ``value`` is.
+
+    Plain pickle first; then the ``fallback`` serializers; if none can carry
+    the value, the task fails with the stdlib's ``MaybeEncodingError``.
+    """
+
+    def __init__(self, outqueue: Any, fallback: Sequence[Serializer]) -> None:
+        self._lock = outqueue._wlock or contextlib.nullcontext()
+        self._send = outqueue._writer.send_bytes
+        self._fallback = fallback
+        outqueue._reader.close()
+
+    def __call__(self, job: int, index: int, ok: bool, value: Any) -> None:
+        try:
+            buf = _frame(job, index, (ok, value))
+        except Exception as exc:
+            try:
+                if not self._fallback:
+                    raise
+                boxed = encode(value, self._fallback, f"the result of task {index}", "result")
+                buf = _frame(job, index, (ok, boxed))
+            except Exception:
+                wrapped = multiprocessing.pool.MaybeEncodingError(exc, describe(value))
+                buf = _frame(job, index, (False, wrapped))
+        with self._lock:
+            self._send(buf.getbuffer())
+
+
+class WorkerFactory:
+    """Replaces ``Pool.Process``: starts methodpool's worker in place of ``pool.worker``."""
+
+    def __init__(self, fallback: Sequence[Serializer]) -> None:
+        self._fallback = tuple(fallback)
+
+    def __call__(self, ctx: Any, *, target: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if target is not multiprocessing.pool.worker:
+            raise RuntimeError(
+                f"methodpool does not support this Python's multiprocessing.pool: "
+                f"Pool.Process was asked to start {target!r}"
+            )
+        from ._worker import run_worker
+
+        inqueue, outqueue, initializer, initargs, maxtasks, _wrap_exception = args
+        return ctx.Process(
+            target=run_worker,
+            args=(inqueue, outqueue, initializer, initargs, maxtasks, self._fallback),
+        )

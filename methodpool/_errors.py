@@ -1,0 +1,53 @@
+"""The exceptions methodpool raises, all importable from :mod:`methodpool`."""
+
+from __future__ import annotations
+
+import pickle
+
+
+class SerializationError(pickle.PicklingError):
+    """A task's callable, arguments or result could not be serialized.
+
+    Raised in the caller's thread by the call that was given the object
+    (``map``, ``imap``, ``apply_async``, ...) for callables, and as the failure
+    of the affected task for arguments and results.  The message names the
+    object, the serializer(s) tried, the attribute path of the part that failed
+    and what to try instead.
+    """
+
+
+class DeserializationError(pickle.UnpicklingError):
+    """A task or result was serialized but could not be loaded on the other side.
+
+    Typical causes: a module that is importable in the parent but not in the
+    worker, different package versions, or an exception class whose
+    ``__init__`` does not accept its own ``args``.  Only the affected task fails;
+    the pool keeps working.
+    """
+
+
+class RemoteTaskError(Exception):
+    """Stands in for an exception raised by a task that could not travel back.
+
+    Used when the original exception cannot be serialized or rebuilt in the
+    parent.  It keeps what can be kept: :attr:`type_name` (the original class's
+    qualified name), :attr:`message` (``str()`` of the original) and, as with any
+    task exception, the remote traceback text in ``__cause__``.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name = type_name
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+class PoolUsedInWorkerError(RuntimeError):
+    """A task tried to use a pool that its callable referenced.
+
+    Pools cannot travel to worker processes; when a task's callable refers to one
+    (``self.pool`` on the instance of a bound method, say), the worker receives a
+    placeholder, and any use of it raises this error.
+    """

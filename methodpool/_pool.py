@@ -1,0 +1,172 @@
+"""MethodPool: ``multiprocessing.pool.Pool`` for any callable.
+
+Data flow (the stdlib's threads and pipes, with methodpool's pieces marked *)::
+
+    caller thread              task handler thread          worker process (xN)
+    -------------              -------------------          -------------------
+    pool.map(f, xs)
+      *_ship(f): serialize f
+       once per call with the
+       serializer chain; a
+       failure raises
+       SerializationError here
+      stdlib: chunk xs into     *TaskWriter: frame each
+       (job, i, mapstar,         task, plain pickle;
+        ((f', chunk),), {})  -->  args it cannot carry   --> *run_worker: read frame,
+       on _taskqueue              go as a fallback            load task, open f' (loaded
+                                  Payload; pipe _inqueue      once, then cached), run it,
+                                                              catch anything it raises
+                                                                     |
+    caller: result.get()   <--  result handler thread    <--  *ResultWriter: frame
+                                 *ResultReader: load the       (ok, value); a value plain
+                                  frame; a bad one fails       pickle cannot carry goes as
+                                  its task only;               a fallback Payload; pipe
+                                  stdlib: cache[job]._set()    _outqueue
+
+``f'`` is a :class:`~methodpool._shipping.ShippedCallable`: the serialized
+bytes plus a content key.  Plain module-level functions skip it and travel by
+reference, as in the stdlib.  Which private hooks of ``Pool`` this needs, and
+why, is in :mod:`methodpool._backend`; the worker side is
+:mod:`methodpool._worker`; serializers are :mod:`methodpool._serializers`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.pool
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from multiprocessing.context import BaseContext
+from typing import Any, TypeVar
+
+from ._backend import ResultReader, TaskWriter, WorkerFactory
+from ._serializers import (
+    AUTO,
+    SupportsDumpsLoads,
+    fallback_chain,
+    serializer_chain,
+)
+from ._shipping import describe, ship_callable
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_BUILTIN_SPECS = frozenset({AUTO, "pickle", "cloudpickle", "dill"})
+
+
+def _is_importable_function(func: Any) -> bool:
+    # A module-level function that workers can import by name: plain pickle
+    # stores it as "module.name" whatever the serializer, so there is nothing
+    # to ship.  Everything defined in __main__ is shipped (see _serializers).
+    if type(func) not in (types.FunctionType, types.BuiltinFunctionType):
+        return False
+    module = getattr(func, "__module__", None)
+    name = getattr(func, "__qualname__", "")
+    if module in (None, "__main__", "__mp_main__") or "." in name or "<" in name:
+        return False
+    return getattr(sys.modules.get(module), name, None) is func
+
+
+class MethodPool(multiprocessing.pool.Pool):
+    """A ``multiprocessing.pool.Pool`` whose tasks may use any callable.
+
+    Same constructor, methods and results as the stdlib pool, plus
+    ``serializer``: ``"auto"`` (default: plain pickle where it works,
+    cloudpickle then dill where it does not), ``"pickle"``, ``"cloudpickle"``,
+    ``"dill"``, a name given to :func:`~methodpool.register_serializer`, or an
+    object with ``dumps`` and ``loads``.
+
+    The task callable is serialized once per call, in the caller's thread, and
+    snapshotted then: later changes to the object do not reach tasks of that
+    call.  A callable that cannot be serialized raises
+    :class:`~methodpool.SerializationError` from the call itself.  Arguments and
+    results go by plain pickle, and by the serializer where plain pickle cannot
+    carry them (except with ``serializer="pickle"``).
+
+    Raises :class:`ValueError` for an unknown serializer name and
+    :class:`ImportError` when the chosen serializer's package is missing.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: BaseContext | None = None,
+        *,
+        serializer: str | SupportsDumpsLoads = AUTO,
+    ) -> None:
+        self._serializer_spec = serializer
+        self._chain = serializer_chain(serializer)
+        self._fallback = fallback_chain(serializer)
+        self._ship_globals_by_reference = isinstance(serializer, str) and serializer in _BUILTIN_SPECS
+        # Instance attribute in place of the static Pool.Process (see _backend).
+        self.Process = WorkerFactory(self._fallback)  # type: ignore[assignment]
+        if initializer is not None:
+            if not callable(initializer):
+                raise TypeError("initializer must be a callable")
+            initializer = self._ship(initializer)
+        super().__init__(processes, initializer, initargs, maxtasksperchild, context)
+
+    @property
+    def serializer(self) -> str:
+        """The name of the serializer (or chain) this pool was built with."""
+        spec = self._serializer_spec
+        return spec if isinstance(spec, str) else self._chain[0].name
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} "
+            f"pool_size={len(self._pool)} serializer={self.serializer!r}>"
+        )
+
+    def _setup_queues(self) -> None:
+        super()._setup_queues()
+        self._quick_put = TaskWriter(self._inqueue, self._fallback)
+        self._quick_get = ResultReader(self._outqueue)
+
+    def _ship(self, func: Any) -> Any:
+        if not callable(func):
+            raise TypeError(f"the task function must be callable, got {describe(func)}")
+        if self._ship_globals_by_reference and _is_importable_function(func):
+            return func
+        return ship_callable(func, self._chain)
+
+    def apply_async(
+        self,
+        func: Callable[..., R],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] = {},
+        callback: Callable[[R], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> multiprocessing.pool.ApplyResult[R]:
+        """Like :meth:`multiprocessing.pool.Pool.apply_async`, for any callable."""
+        self._check_running()
+        return super().apply_async(self._ship(func), args, kwds, callback, error_callback)
+
+    def _map_async(  # type: ignore[no-untyped-def]
+        self, func, iterable, mapper, chunksize=None, callback=None, error_callback=None
+    ):
+        # map, map_async, starmap and starmap_async all come through here.
+        self._check_running()
+        return super()._map_async(  # type: ignore[misc]
+            self._ship(func), iterable, mapper, chunksize, callback, error_callback
+        )
+
+    def imap(
+        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
+    ) -> Iterator[R]:
+        """Like :meth:`multiprocessing.pool.Pool.imap`, for any callable."""
+        self._check_running()
+        return super().imap(self._ship(func), iterable, chunksize)
+
+    def imap_unordered(
+        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
+    ) -> Iterator[R]:
+        """Like :meth:`multiprocessing.pool.Pool.imap_unordered`, for any callable."""
+        self._check_running()
+        return super().imap_unordered(self._ship(func), iterable, chunksize)
+
+
+Pool = MethodPool

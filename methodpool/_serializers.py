@@ -1,0 +1,309 @@
+"""Serializers: how callables, arguments and results become bytes and back.
+
+A :class:`Serializer` is a name, a ``dumps`` and a ``loads``.  Both halves may run
+in worker processes (``loads`` for the callable and arguments, ``dumps`` for
+results), so both must be importable there: module-level functions, which the
+task pipe carries by reference.  That is also what makes a user-registered
+serializer work under spawn and forkserver, where the registry of the parent does
+not exist.
+
+Built in:
+
+``pickle``
+    multiprocessing's ``ForkingPickler`` (its reducers for connections, sockets
+    and shared ctypes included): strict standard-library behaviour.
+``cloudpickle``, ``dill``
+    by-value serialization of lambdas, closures, nested and interactively defined
+    functions and classes.  Imported on first use only: importing methodpool
+    imports neither.
+``auto`` (the default)
+    not a serializer but a chain, tried per object: ``pickle`` first (fastest,
+    smallest), then ``cloudpickle``, then ``dill`` (locks, some generators'
+    frames, ...).  Objects defined in ``__main__`` skip plain pickle: workers
+    started by spawn or forkserver, or forked before the definition ran, cannot
+    import them by reference.
+
+Every serializer replaces references to pool objects by a placeholder
+(:class:`PoolPlaceholder`), so ``self.pool.map(self.work, ...)`` works although
+pools cannot be pickled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import multiprocessing.pool
+import pickle
+import sys
+import types
+from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Callable, Protocol
+
+from ._errors import PoolUsedInWorkerError
+
+Dumps = Callable[[Any], bytes]
+Loads = Callable[[bytes], Any]
+
+
+class SupportsDumpsLoads(Protocol):
+    """Any object with ``dumps(obj) -> bytes`` and ``loads(bytes) -> obj``."""
+
+    def dumps(self, obj: Any, /) -> bytes: ...
+
+    def loads(self, data: bytes, /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Serializer:
+    """A named pair of ``dumps`` and ``loads`` (see the module docstring)."""
+
+    name: str
+    dumps: Dumps
+    loads: Loads
+
+
+class PoolPlaceholder:
+    """What a worker receives where a task's callable referred to a pool.
+
+    Any attribute access other than Python's own protocol lookups raises
+    :class:`~methodpool.PoolUsedInWorkerError`.
+    """
+
+    __slots__ = ("_description",)
+
+    def __init__(self, description: str) -> None:
+        self._description = description
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PoolPlaceholder, (self._description,))
+
+    def __repr__(self) -> str:
+        return f"<PoolPlaceholder for {self._description}>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise PoolUsedInWorkerError(
+            f"the task used {self._description}.{name}, but pools cannot be used "
+            "inside worker processes: the worker got a placeholder in its place. "
+            "Submit the nested work from the parent process instead."
+        )
+
+
+def _placeholder_reduce(obj: Any) -> Any:
+    if isinstance(obj, multiprocessing.pool.Pool):
+        return (PoolPlaceholder, (repr(obj),))
+    return NotImplemented
+
+
+class _DefinedInMain(Exception):
+    """Raised while pickling: the object refers to a ``__main__`` definition."""
+
+
+class _PoolAwarePickler(ForkingPickler):
+    def reducer_override(self, obj: Any) -> Any:
+        return _placeholder_reduce(obj)
+
+
+class _MainByValuePickler(ForkingPickler):
+    # Plain pickle stores functions and classes by reference ("__main__.f").
+    # Workers started by spawn or forkserver import the main script as
+    # __mp_main__ (or not at all: REPL, -c, notebooks), and forked workers do
+    # not know what was defined after the fork, so those references break in
+    # the worker.  Refusing them here sends the object on to cloudpickle, which
+    # pickles __main__ definitions by value.
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, type)) and obj.__module__ == "__main__":
+            raise _DefinedInMain(f"{obj.__qualname__} is defined in __main__")
+        return _placeholder_reduce(obj)
+
+
+def _dump_with(pickler_class: type[pickle.Pickler], obj: Any) -> bytes:
+    buf = io.BytesIO()
+    pickler_class(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def pickle_dumps(obj: Any) -> bytes:
+    """``ForkingPickler`` with pool placeholders."""
+    return _dump_with(_PoolAwarePickler, obj)
+
+
+def pickle_dumps_main_by_value(obj: Any) -> bytes:
+    """``pickle_dumps`` that refuses references to ``__main__`` definitions."""
+    return _dump_with(_MainByValuePickler, obj)
+
+
+_cloudpickler: type[pickle.Pickler] | None = None
+
+
+def cloudpickle_dumps(obj: Any) -> bytes:
+    """cloudpickle with pool placeholders."""
+    global _cloudpickler
+    if _cloudpickler is None:
+        import cloudpickle
+
+        class _PoolAwareCloudPickler(cloudpickle.Pickler):  # type: ignore[misc,name-defined]
+            def reducer_override(self, obj: Any) -> Any:
+                reduced = _placeholder_reduce(obj)
+                if reduced is NotImplemented:
+                    return super().reducer_override(obj)
+                return reduced
+
+        _cloudpickler = _PoolAwareCloudPickler
+    return _dump_with(_cloudpickler, obj)
+
+
+_dill: Any = None
+_dill_pickler: Any = None
+
+
+def _import_dill() -> Any:
+    # Importing dill copies its reducers into pickle._Pickler.dispatch, the
+    # pure-Python pickler that every other library shares (dill.extend(True)).
+    # Undo that unless dill was imported before us: using dill must not change
+    # how other code pickles.
+    global _dill
+    if _dill is None:
+        already_imported = "dill" in sys.modules
+        import dill
+
+        if not already_imported:
+            dill.extend(False)
+        _dill = dill
+    return _dill
+
+
+def dill_dumps(obj: Any) -> bytes:
+    """dill (``recurse=True``: only the globals a function uses) with pool placeholders."""
+    global _dill_pickler
+    if _dill_pickler is None:
+        dill = _import_dill()
+
+        class _PoolAwareDillPickler(dill.Pickler):  # type: ignore[misc,name-defined]
+            def reducer_override(self, obj: Any) -> Any:
+                return _placeholder_reduce(obj)
+
+        _dill_pickler = _PoolAwareDillPickler
+    buf = io.BytesIO()
+    _dill_pickler(buf, pickle.HIGHEST_PROTOCOL, recurse=True).dump(obj)
+    return buf.getvalue()
+
+
+def dill_loads(data: bytes) -> Any:
+    """``dill.loads``, importing dill without its global side effect."""
+    return _import_dill().loads(data)
+
+
+PICKLE = Serializer("pickle", pickle_dumps, pickle.loads)
+CLOUDPICKLE = Serializer("cloudpickle", cloudpickle_dumps, pickle.loads)
+DILL = Serializer("dill", dill_dumps, dill_loads)
+# First link of the "auto" chain; its output is plain pickle.
+_PICKLE_MAIN_BY_VALUE = Serializer("pickle", pickle_dumps_main_by_value, pickle.loads)
+
+AUTO = "auto"
+_REGISTRY: dict[str, Serializer] = {s.name: s for s in (PICKLE, CLOUDPICKLE, DILL)}
+_NEEDS_PACKAGE = {"cloudpickle": "cloudpickle", "dill": "dill"}
+
+
+def _available(name: str) -> bool:
+    package = _NEEDS_PACKAGE.get(name)
+    return package is None or importlib.util.find_spec(package) is not None
+
+
+def _check_importable(what: str, func: Any) -> None:
+    try:
+        pickle.dumps(func)
+    except Exception as exc:
+        raise ValueError(
+            f"{what} {func!r} must be importable by worker processes (a "
+            f"module-level function or method of a module-level object), because "
+            f"workers started by spawn or forkserver look it up by name: {exc}"
+        ) from None
+
+
+def register_serializer(
+    name: str,
+    dumps: Dumps | SupportsDumpsLoads,
+    loads: Loads | None = None,
+    *,
+    replace: bool = False,
+) -> None:
+    """Make ``serializer=name`` available to every pool created afterwards.
+
+    Pass either ``dumps`` and ``loads`` functions, or one object with ``dumps``
+    and ``loads`` methods (a module such as :mod:`pickle` or :mod:`marshal`
+    works).  Both must be importable by name in worker processes.
+
+    Raises :class:`ValueError` if ``name`` is taken (unless ``replace=True``),
+    is ``"auto"``, or the functions are not importable; :class:`TypeError` if
+    the arguments are not callables.
+    """
+    if loads is None:
+        if not (callable(getattr(dumps, "dumps", None)) and callable(getattr(dumps, "loads", None))):
+            raise TypeError(
+                "register_serializer(name, dumps, loads) takes two functions, or one "
+                f"object with dumps() and loads() methods; got {dumps!r}"
+            )
+        serializer_object: Any = dumps
+        dumps, loads = serializer_object.dumps, serializer_object.loads
+    if not callable(dumps) or not callable(loads):
+        raise TypeError(f"dumps and loads must be callable, got {dumps!r} and {loads!r}")
+    if name == AUTO:
+        raise ValueError("'auto' is the built-in serializer chain; pick another name")
+    if name in _REGISTRY and not replace:
+        raise ValueError(
+            f"a serializer named {name!r} is already registered; pass replace=True to replace it"
+        )
+    _check_importable("dumps", dumps)
+    _check_importable("loads", loads)
+    _REGISTRY[name] = Serializer(name, dumps, loads)
+
+
+def available_serializers() -> list[str]:
+    """Names accepted by ``serializer=``, ``"auto"`` first, installed ones only."""
+    return [AUTO, *(name for name in _REGISTRY if _available(name))]
+
+
+def serializer_chain(spec: str | SupportsDumpsLoads) -> tuple[Serializer, ...]:
+    """The serializers to try, in order, for the callable of a pool built with ``spec``.
+
+    Raises :class:`ValueError` for an unknown name and :class:`ImportError` when a
+    named serializer's package is not installed.
+    """
+    if not isinstance(spec, str):
+        if not (callable(getattr(spec, "dumps", None)) and callable(getattr(spec, "loads", None))):
+            raise TypeError(
+                f"serializer must be a name or an object with dumps() and loads(), got {spec!r}"
+            )
+        _check_importable("loads", spec.loads)
+        _check_importable("dumps", spec.dumps)
+        name = getattr(spec, "__name__", type(spec).__name__)
+        return (Serializer(name, spec.dumps, spec.loads),)
+    if spec == AUTO:
+        return (_PICKLE_MAIN_BY_VALUE, *(s for s in (CLOUDPICKLE, DILL) if _available(s.name)))
+    try:
+        serializer = _REGISTRY[spec]
+    except KeyError:
+        raise ValueError(
+            f"unknown serializer {spec!r}; choose one of {available_serializers()}, "
+            "or add one with methodpool.register_serializer()"
+        ) from None
+    if not _available(spec):
+        raise ImportError(
+            f"serializer {spec!r} needs the {_NEEDS_PACKAGE[spec]!r} package, which is not "
+            f"installed: pip install {_NEEDS_PACKAGE[spec]}"
+        )
+    return (serializer,)
+
+
+def fallback_chain(spec: str | SupportsDumpsLoads) -> tuple[Serializer, ...]:
+    """The serializers for arguments and results that plain pickle cannot carry.
+
+    Empty for ``"pickle"`` (strict stdlib behaviour).
+    """
+    if spec == AUTO:
+        return tuple(s for s in (CLOUDPICKLE, DILL) if _available(s.name))
+    chain = serializer_chain(spec)
+    return () if chain == (PICKLE,) else chain

@@ -1,0 +1,155 @@
+"""Shipping objects to workers: serialized once in the parent, loaded lazily.
+
+:class:`Payload` is an object serialized by one serializer, together with the
+``loads`` that reads it back.  It travels inside a plain-pickled task, and is
+opened only where the trampoline (:mod:`methodpool._worker`) asks for it, so a
+payload that cannot be loaded fails its task instead of killing the worker.
+
+:class:`ShippedCallable` is a task callable in that form, plus a content key:
+each worker loads a given callable once and keeps it in a small cache, so the
+tasks after the first one pay only for carrying the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import reprlib
+from collections import OrderedDict
+from typing import Any, Callable, Iterable
+
+from ._diagnose import find_unserializable
+from ._errors import DeserializationError, SerializationError
+from ._serializers import CLOUDPICKLE, PICKLE, Loads, Serializer
+
+_repr = reprlib.Repr()
+_repr.maxother = _repr.maxstring = 120
+
+
+def describe(obj: Any) -> str:
+    """A short ``repr`` for error messages."""
+    return _repr.repr(obj)
+
+
+class Payload:
+    """An object serialized by the serializer named ``serializer``."""
+
+    __slots__ = ("serializer", "loads", "data")
+
+    def __init__(self, serializer: str, loads: Loads, data: bytes) -> None:
+        self.serializer = serializer
+        self.loads = loads
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Payload, (self.serializer, self.loads, self.data))
+
+    def load(self, what: str = "object") -> Any:
+        """The object, rebuilt; :class:`DeserializationError` if it cannot be."""
+        try:
+            return self.loads(self.data)
+        except Exception as exc:
+            raise DeserializationError(
+                f"could not load {what} with {self.serializer!r} in process {os.getpid()}: "
+                f"{type(exc).__name__}: {exc} — every module the object needs must be "
+                "importable there, in compatible versions; objects defined in __main__ "
+                "travel by value with serializer='auto', 'cloudpickle' or 'dill'"
+            ) from exc
+
+
+class ShippedCallable:
+    """A task callable in serialized form; calling it loads it (once per process)."""
+
+    __slots__ = ("key", "label", "payload")
+
+    def __init__(self, key: bytes, label: str, payload: Payload) -> None:
+        self.key = key
+        self.label = label
+        self.payload = payload
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ShippedCallable, (self.key, self.label, self.payload))
+
+    def __repr__(self) -> str:
+        return f"<ShippedCallable {self.label} via {self.payload.serializer!r}>"
+
+    def resolve(self) -> Callable[..., Any]:
+        """The callable, from this process's cache or freshly loaded."""
+        try:
+            func = _loaded[self.key]
+        except KeyError:
+            func = self.payload.load(f"the task callable {self.label}")
+            _loaded[self.key] = func
+            if len(_loaded) > _LOADED_MAX:
+                _loaded.popitem(last=False)
+        else:
+            _loaded.move_to_end(self.key)
+        return func
+
+    def __call__(self, *args: Any, **kwds: Any) -> Any:
+        return self.resolve()(*args, **kwds)
+
+
+# Callables loaded in this process, most recently used last.  Bounded, so a
+# long-lived worker serving many different callables does not grow forever.
+_LOADED_MAX = 32
+_loaded: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
+
+
+def resolve(func: Any) -> Any:
+    """``func`` itself, or the callable a :class:`ShippedCallable` stands for."""
+    return func.resolve() if type(func) is ShippedCallable else func
+
+
+def _advice(tried: list[Serializer], culprit: Any) -> str:
+    if tried == [PICKLE]:
+        return (
+            "use serializer='auto' (the default), 'cloudpickle' or 'dill', which "
+            "carry lambdas, closures and interactively defined code by value"
+        )
+    kind = type(culprit).__qualname__
+    if tried[-1] is CLOUDPICKLE:
+        return (
+            f"try serializer='dill' (it can carry locks and more), or give the class "
+            f"that holds the {kind} a __getstate__ that leaves it out"
+        )
+    return (
+        f"give the class that holds the {kind} a __getstate__ that leaves it out "
+        "(and a __setstate__ that recreates it), or create it inside the task or in "
+        "the pool's initializer"
+    )
+
+
+def encode(obj: Any, chain: Iterable[Serializer], what: str, root: str) -> Payload:
+    """``obj`` serialized by the first serializer of ``chain`` that can.
+
+    Raises :class:`SerializationError` naming ``what`` failed, with which
+    serializers, the attribute path (starting at ``root``) of the failing part
+    and what to try instead.
+    """
+    failures: list[tuple[Serializer, Exception]] = []
+    for serializer in chain:
+        try:
+            return Payload(serializer.name, serializer.loads, serializer.dumps(obj))
+        except Exception as exc:
+            failures.append((serializer, exc))
+    tried = [serializer for serializer, _ in failures]
+    path, culprit, error = find_unserializable(obj, tried[-1].dumps, root)
+    error = error or failures[-1][1]
+    names = " or ".join(repr(s.name) for s in dict.fromkeys(tried))
+    where = f": {path} ({type(culprit).__qualname__} object)" if path != root else ""
+    message = (
+        f"cannot serialize {what} with {names}{where}: {type(error).__name__}: "
+        f"{error} — {_advice(tried, culprit)}"
+    )
+    raise SerializationError(message) from failures[-1][1]
+
+
+def ship_callable(func: Any, chain: Iterable[Serializer]) -> ShippedCallable:
+    """``func`` serialized for the task pipe (see :func:`encode` for errors)."""
+    label = describe(func)
+    root = getattr(func, "__qualname__", None) or type(func).__qualname__
+    payload = encode(func, chain, label, root)
+    key = hashlib.blake2b(payload.data, digest_size=16).digest()
+    return ShippedCallable(key, label, payload)
+

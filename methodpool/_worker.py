@@ -1,0 +1,126 @@
+"""The worker trampoline: what runs in each worker process.
+
+It takes the place of ``multiprocessing.pool.worker`` and keeps its contract
+(run the initializer, then take tasks until the sentinel or ``maxtasks``, and
+answer each with ``(job, index, (ok, value))``), with these differences:
+
+* the task callable may arrive as a :class:`~methodpool._shipping.ShippedCallable`
+  (also inside ``mapstar``/``starmapstar`` chunks) and the arguments as a
+  :class:`~methodpool._shipping.Payload`; both are opened here;
+* a task that cannot be loaded, or that raises anything at all (``SystemExit``
+  and ``KeyboardInterrupt`` included), fails that task; the worker goes on;
+* an exception that would not survive the trip to the parent is replaced by a
+  :class:`~methodpool.RemoteTaskError` that keeps its type name, message and
+  traceback text (the stdlib hangs on some of those, gh-79492);
+* SIGINT is ignored: Ctrl-C is the parent's to handle, which terminates the
+  workers, instead of every worker printing its own traceback.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from multiprocessing.pool import (
+    ExceptionWithTraceback,
+    _helper_reraises_exception,
+    mapstar,
+    starmapstar,
+)
+from typing import Any, Callable, Sequence
+
+from ._backend import HEADER, ResultWriter, TaskReader
+from ._errors import DeserializationError, RemoteTaskError
+from ._serializers import Serializer
+from ._shipping import Payload, encode, resolve
+
+
+def _travels(exc: BaseException, fallback: Sequence[Serializer]) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc, pickle.HIGHEST_PROTOCOL))
+        return True
+    except Exception:
+        pass
+    if not fallback:
+        return False
+    try:
+        encode(exc, fallback, "exception", "exc").load()
+        return True
+    except Exception:
+        return False
+
+
+def portable_exception(exc: BaseException, fallback: Sequence[Serializer]) -> Any:
+    """``exc`` with its traceback text, in a form the parent can rebuild and raise."""
+    wrapped = ExceptionWithTraceback(exc, exc.__traceback__)
+    if isinstance(exc, Exception) and _travels(exc, fallback):
+        return wrapped
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<str() failed on the {type(exc).__name__}>"
+    wrapped.exc = RemoteTaskError(f"{type(exc).__module__}.{type(exc).__qualname__}", message)
+    return wrapped
+
+
+def _load_task(body: memoryview) -> tuple[Callable[..., Any], Any, Any]:
+    try:
+        func, args, kwds = pickle.loads(body)
+    except Exception as exc:
+        raise DeserializationError(
+            f"could not load the task in the worker: {type(exc).__name__}: {exc} — every "
+            "module its arguments need must be importable in worker processes; objects "
+            "defined in __main__ travel by value with serializer='auto', 'cloudpickle' or 'dill'"
+        ) from exc
+    if type(args) is Payload:
+        args, kwds = args.load("the task's arguments")
+    if func is mapstar or func is starmapstar:
+        ((inner, chunk),) = args
+        args = ((resolve(inner), chunk),)
+    else:
+        func = resolve(func)
+    return func, args, kwds
+
+
+def run_task(data: bytes, fallback: Sequence[Serializer]) -> tuple[bool, Any]:
+    """Load and run one task frame: ``(True, result)`` or ``(False, exception)``."""
+    func = None
+    try:
+        func, args, kwds = _load_task(memoryview(data)[HEADER.size :])
+        return True, func(*args, **kwds)
+    except BaseException as exc:
+        # _guarded_task_generation's stand-in task re-raises the input
+        # iterable's own exception: the stdlib delivers that one unwrapped.
+        if func is _helper_reraises_exception:
+            return False, exc
+        return False, portable_exception(exc, fallback)
+
+
+def run_worker(
+    inqueue: Any,
+    outqueue: Any,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    maxtasks: int | None,
+    fallback: Sequence[Serializer],
+) -> None:
+    """The worker process's main function (see the module docstring)."""
+    if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
+        raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    next_task = TaskReader(inqueue)
+    send_result = ResultWriter(outqueue, fallback)
+    if initializer is not None:
+        resolve(initializer)(*initargs)
+    completed = 0
+    while maxtasks is None or completed < maxtasks:
+        try:
+            data = next_task()
+        except (EOFError, OSError):
+            break
+        if data is None:
+            break
+        job, index = HEADER.unpack_from(data)
+        ok, value = run_task(data, fallback)
+        send_result(job, index, ok, value)
+        del data, value
+        completed += 1

@@ -1,0 +1,63 @@
+"""Sessions: tests (each installed Python 3.10-3.13), lint, typecheck, docs, bench.
+
+``nox -s tests`` runs the test suite on every supported interpreter it finds,
+under the fork, spawn and forkserver start methods (the suite parametrizes
+over them).  On a machine with pyenv, its interpreters are found without
+activating them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import nox
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+# pyenv keeps each interpreter in its own folder; put them on PATH so nox
+# finds python3.10 ... python3.13 without `pyenv global` changing the machine.
+_pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+for _version in PYTHONS:
+    for _bin in sorted(glob.glob(os.path.join(_pyenv_root, "versions", f"{_version}.*", "bin"))):
+        if _bin not in os.environ["PATH"].split(os.pathsep):
+            os.environ["PATH"] += os.pathsep + _bin
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The test suite, all start methods, on one interpreter."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".", "mypy>=1.10")
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the documentation, warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The benchmark suite against the peers (see benchmarks/README.md)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
