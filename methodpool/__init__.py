@@ -5,8 +5,7 @@ travel to the workers through a pluggable serializer; everything else is the
 standard library's ``Pool``.  Importing methodpool changes no global state.
 """
 
-from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
-
+from ._backend import MaybeEncodingError, RemoteTraceback
 from ._errors import (
     DeserializationError,
     PoolUsedInWorkerError,

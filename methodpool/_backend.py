@@ -31,12 +31,24 @@ import io
 import multiprocessing.pool
 import pickle
 import struct
+from collections.abc import Callable, Sequence
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ._errors import DeserializationError
 from ._serializers import PICKLE, Serializer
 from ._shipping import Payload, describe, encode
+
+# Private names of multiprocessing.pool used by methodpool (see above); typeshed
+# does not declare them.
+_stdlib_pool: Any = multiprocessing.pool
+stdlib_worker = _stdlib_pool.worker
+mapstar = _stdlib_pool.mapstar
+starmapstar = _stdlib_pool.starmapstar
+helper_reraises_exception = _stdlib_pool._helper_reraises_exception
+ExceptionWithTraceback = _stdlib_pool.ExceptionWithTraceback
+MaybeEncodingError = _stdlib_pool.MaybeEncodingError
+RemoteTraceback = _stdlib_pool.RemoteTraceback
 
 HEADER = struct.Struct("<qq")
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -63,6 +75,9 @@ class TaskWriter:
     def __init__(self, inqueue: Any, fallback: Sequence[Serializer]) -> None:
         self._send = inqueue._writer.send_bytes
         self._fallback = fallback
+        # Counters for tests and benchmarks: what really went down the pipe.
+        self.frames_written = 0
+        self.bytes_written = 0
 
     def __call__(self, task: tuple[int, int, Any, Any, Any] | None) -> None:
         if task is None:
@@ -76,7 +91,10 @@ class TaskWriter:
                 (args, kwds), self._fallback or (PICKLE,), f"the arguments of task {index}", "args"
             )
             buf = _frame(job, index, (func, boxed, None))
-        self._send(buf.getbuffer())
+        frame = buf.getbuffer()
+        self._send(frame)
+        self.frames_written += 1
+        self.bytes_written += frame.nbytes
 
 
 class ResultReader:
@@ -148,7 +166,7 @@ class ResultWriter:
                 boxed = encode(value, self._fallback, f"the result of task {index}", "result")
                 buf = _frame(job, index, (ok, boxed))
             except Exception:
-                wrapped = multiprocessing.pool.MaybeEncodingError(exc, describe(value))
+                wrapped = MaybeEncodingError(exc, describe(value))
                 buf = _frame(job, index, (False, wrapped))
         with self._lock:
             self._send(buf.getbuffer())
@@ -161,7 +179,7 @@ class WorkerFactory:
         self._fallback = tuple(fallback)
 
     def __call__(self, ctx: Any, *, target: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        if target is not multiprocessing.pool.worker:
+        if target is not stdlib_worker:
             raise RuntimeError(
                 f"methodpool does not support this Python's multiprocessing.pool: "
                 f"Pool.Process was asked to start {target!r}"

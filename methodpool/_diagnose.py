@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 _MAX_DEPTH = 12
 _MAX_CHILDREN = 200
@@ -29,7 +30,7 @@ def _children(obj: Any, path: str, root: str) -> Iterator[tuple[str, Any]]:
             yield f"{path}.keywords[{key!r}]", value
     elif isinstance(obj, types.FunctionType):
         code = obj.__code__
-        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+        for name, cell in zip(code.co_freevars, obj.__closure__ or (), strict=False):
             try:
                 yield f"{path} (closure variable {name!r})", cell.cell_contents
             except ValueError:  # empty cell

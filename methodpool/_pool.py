@@ -37,7 +37,7 @@ import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.context import BaseContext
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backend import ResultReader, TaskWriter, WorkerFactory
 from ._serializers import (
@@ -87,6 +87,16 @@ class MethodPool(multiprocessing.pool.Pool):
     :class:`ImportError` when the chosen serializer's package is missing.
     """
 
+    if TYPE_CHECKING:  # stdlib internals that typeshed does not declare
+        _state: str
+        _pool: list[Any]
+        _inqueue: Any
+        _outqueue: Any
+        _quick_put: Any
+        _quick_get: Any
+
+        def _check_running(self) -> None: ...
+
     def __init__(
         self,
         processes: int | None = None,
@@ -100,9 +110,12 @@ class MethodPool(multiprocessing.pool.Pool):
         self._serializer_spec = serializer
         self._chain = serializer_chain(serializer)
         self._fallback = fallback_chain(serializer)
-        self._ship_globals_by_reference = isinstance(serializer, str) and serializer in _BUILTIN_SPECS
+        self._callables_serialized = 0  # for tests and benchmarks
+        self._ship_globals_by_reference = (
+            isinstance(serializer, str) and serializer in _BUILTIN_SPECS
+        )
         # Instance attribute in place of the static Pool.Process (see _backend).
-        self.Process = WorkerFactory(self._fallback)  # type: ignore[assignment]
+        self.Process = WorkerFactory(self._fallback)  # type: ignore[method-assign]
         if initializer is not None:
             if not callable(initializer):
                 raise TypeError("initializer must be a callable")
@@ -122,7 +135,7 @@ class MethodPool(multiprocessing.pool.Pool):
         )
 
     def _setup_queues(self) -> None:
-        super()._setup_queues()
+        multiprocessing.pool.Pool._setup_queues(self)  # type: ignore[attr-defined]
         self._quick_put = TaskWriter(self._inqueue, self._fallback)
         self._quick_get = ResultReader(self._outqueue)
 
@@ -131,6 +144,7 @@ class MethodPool(multiprocessing.pool.Pool):
             raise TypeError(f"the task function must be callable, got {describe(func)}")
         if self._ship_globals_by_reference and _is_importable_function(func):
             return func
+        self._callables_serialized += 1
         return ship_callable(func, self._chain)
 
     def apply_async(
@@ -154,14 +168,14 @@ class MethodPool(multiprocessing.pool.Pool):
             self._ship(func), iterable, mapper, chunksize, callback, error_callback
         )
 
-    def imap(
+    def imap(  # type: ignore[override]  # typeshed: IMapIterator, but chunked imap gives a generator
         self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
     ) -> Iterator[R]:
         """Like :meth:`multiprocessing.pool.Pool.imap`, for any callable."""
         self._check_running()
         return super().imap(self._ship(func), iterable, chunksize)
 
-    def imap_unordered(
+    def imap_unordered(  # type: ignore[override]  # as imap
         self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
     ) -> Iterator[R]:
         """Like :meth:`multiprocessing.pool.Pool.imap_unordered`, for any callable."""

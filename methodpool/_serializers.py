@@ -36,9 +36,10 @@ import multiprocessing.pool
 import pickle
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ._errors import PoolUsedInWorkerError
 
@@ -144,7 +145,7 @@ def cloudpickle_dumps(obj: Any) -> bytes:
     if _cloudpickler is None:
         import cloudpickle
 
-        class _PoolAwareCloudPickler(cloudpickle.Pickler):  # type: ignore[misc,name-defined]
+        class _PoolAwareCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
             def reducer_override(self, obj: Any) -> Any:
                 reduced = _placeholder_reduce(obj)
                 if reduced is NotImplemented:
@@ -241,7 +242,9 @@ def register_serializer(
     the arguments are not callables.
     """
     if loads is None:
-        if not (callable(getattr(dumps, "dumps", None)) and callable(getattr(dumps, "loads", None))):
+        if not (
+            callable(getattr(dumps, "dumps", None)) and callable(getattr(dumps, "loads", None))
+        ):
             raise TypeError(
                 "register_serializer(name, dumps, loads) takes two functions, or one "
                 f"object with dumps() and loads() methods; got {dumps!r}"

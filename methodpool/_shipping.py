@@ -16,7 +16,8 @@ import hashlib
 import os
 import reprlib
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ._diagnose import find_unserializable
 from ._errors import DeserializationError, SerializationError
@@ -34,7 +35,7 @@ def describe(obj: Any) -> str:
 class Payload:
     """An object serialized by the serializer named ``serializer``."""
 
-    __slots__ = ("serializer", "loads", "data")
+    __slots__ = ("data", "loads", "serializer")
 
     def __init__(self, serializer: str, loads: Loads, data: bytes) -> None:
         self.serializer = serializer
@@ -152,4 +153,3 @@ def ship_callable(func: Any, chain: Iterable[Serializer]) -> ShippedCallable:
     payload = encode(func, chain, label, root)
     key = hashlib.blake2b(payload.data, digest_size=16).digest()
     return ShippedCallable(key, label, payload)
-

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import pickle
 import signal
-from multiprocessing.pool import (
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._backend import (
+    HEADER,
     ExceptionWithTraceback,
-    _helper_reraises_exception,
+    ResultWriter,
+    TaskReader,
+    helper_reraises_exception,
     mapstar,
     starmapstar,
 )
-from typing import Any, Callable, Sequence
-
-from ._backend import HEADER, ResultWriter, TaskReader
 from ._errors import DeserializationError, RemoteTaskError
 from ._serializers import Serializer
 from ._shipping import Payload, encode, resolve
@@ -90,7 +93,7 @@ def run_task(data: bytes, fallback: Sequence[Serializer]) -> tuple[bool, Any]:
     except BaseException as exc:
         # _guarded_task_generation's stand-in task re-raises the input
         # iterable's own exception: the stdlib delivers that one unwrapped.
-        if func is _helper_reraises_exception:
+        if func is helper_reraises_exception:
             return False, exc
         return False, portable_exception(exc, fallback)
 

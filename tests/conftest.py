@@ -1,0 +1,89 @@
+"""Fixtures shared by the test suite.
+
+Every test that takes ``start_method`` (or ``ctx``/``pool``) runs under fork,
+spawn and forkserver.  Pools that tests only use (not break) are shared per
+(start method, serializer) for the whole session: spawn start-up is what
+makes a test suite slow.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from methodpool import MethodPool
+
+START_METHODS = ["fork", "spawn", "forkserver"]
+SERIALIZERS = ["auto", "pickle", "cloudpickle", "dill"]
+ANY_CALLABLE_SERIALIZERS = ["auto", "cloudpickle", "dill"]
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def ctx(start_method: str) -> multiprocessing.context.BaseContext:
+    return multiprocessing.get_context(start_method)
+
+
+class SharedPools:
+    """One running 2-worker pool per (start method, serializer), made on demand."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, str], MethodPool] = {}
+
+    def get(self, start_method: str, serializer: str = "auto") -> MethodPool:
+        key = (start_method, serializer)
+        pool = self._pools.get(key)
+        if pool is None or pool._state != "RUN":
+            pool = MethodPool(
+                2, context=multiprocessing.get_context(start_method), serializer=serializer
+            )
+            self._pools[key] = pool
+        return pool
+
+    def close_all(self) -> None:
+        for pool in self._pools.values():
+            pool.terminate()
+            pool.join()
+
+
+@pytest.fixture(scope="session")
+def shared_pools() -> Iterator[SharedPools]:
+    pools = SharedPools()
+    yield pools
+    pools.close_all()
+
+
+@pytest.fixture
+def pool(shared_pools: SharedPools, start_method: str) -> MethodPool:
+    """A shared running pool with the default serializer."""
+    return shared_pools.get(start_method)
+
+
+@pytest.fixture
+def fresh_pool(ctx: multiprocessing.context.BaseContext) -> Iterator[MethodPool]:
+    """A pool of its own, for tests that close, terminate or break it."""
+    pool = MethodPool(2, context=ctx)
+    yield pool
+    pool.terminate()
+    pool.join()
+
+
+def children() -> set[int]:
+    """PIDs of this process's live child processes."""
+    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_shm_leftovers() -> Iterator[None]:
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    yield
+    if os.path.isdir("/dev/shm"):
+        leaked = {n for n in set(os.listdir("/dev/shm")) - before if n.startswith(("psm_", "mp-"))}
+        assert not leaked, f"shared memory left behind: {sorted(leaked)}"
