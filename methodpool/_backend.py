@@ -56,25 +56,31 @@ _SENTINEL = pickle.dumps(None, PROTOCOL)
 assert len(_SENTINEL) < HEADER.size
 
 
-def _frame(job: int, index: int, body: Any) -> io.BytesIO:
+def _frame(
+    job: int, index: int, body: Any, pickler: type[pickle.Pickler] = ForkingPickler
+) -> io.BytesIO:
     buf = io.BytesIO()
     buf.write(HEADER.pack(job, index))
-    ForkingPickler(buf, PROTOCOL).dump(body)
+    pickler(buf, PROTOCOL).dump(body)
     return buf
 
 
 class TaskWriter:
     """Replaces ``Pool._quick_put``: writes one task frame to the task pipe.
 
-    Arguments go by plain pickle (the stdlib's fast path); arguments it cannot
-    carry go as a :class:`Payload` of the ``fallback`` serializers.  Raises
+    Arguments go by ``pickler``, a ``ForkingPickler`` (the stdlib's fast path);
+    arguments it cannot carry go as a :class:`Payload` of the ``fallback``
+    serializers.  Raises
     :class:`~methodpool.SerializationError` if none can carry them; the pool's
     task handler turns that into the failure of that task.
     """
 
-    def __init__(self, inqueue: Any, fallback: Sequence[Serializer]) -> None:
+    def __init__(
+        self, inqueue: Any, fallback: Sequence[Serializer], pickler: type[pickle.Pickler]
+    ) -> None:
         self._send = inqueue._writer.send_bytes
         self._fallback = fallback
+        self._pickler = pickler
         # Counters for tests and benchmarks: what really went down the pipe.
         self.frames_written = 0
         self.bytes_written = 0
@@ -85,7 +91,7 @@ class TaskWriter:
             return
         job, index, func, args, kwds = task
         try:
-            buf = _frame(job, index, (func, args, kwds))
+            buf = _frame(job, index, (func, args, kwds), self._pickler)
         except Exception:
             boxed = encode(
                 (args, kwds), self._fallback or (PICKLE,), f"the arguments of task {index}", "args"

@@ -37,6 +37,7 @@ import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.context import BaseContext
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backend import ResultReader, TaskWriter, WorkerFactory
@@ -44,6 +45,7 @@ from ._serializers import (
     AUTO,
     SupportsDumpsLoads,
     fallback_chain,
+    main_reference_guard,
     serializer_chain,
 )
 from ._shipping import describe, ship_callable
@@ -94,6 +96,7 @@ class MethodPool(multiprocessing.pool.Pool):
         _outqueue: Any
         _quick_put: Any
         _quick_get: Any
+        _ctx: BaseContext
 
         def _check_running(self) -> None: ...
 
@@ -107,6 +110,9 @@ class MethodPool(multiprocessing.pool.Pool):
         *,
         serializer: str | SupportsDumpsLoads = AUTO,
     ) -> None:
+        # Pool.__del__ reads these even when __init__ raises before Pool's own.
+        self._pool = []
+        self._state = multiprocessing.pool.INIT
         self._serializer_spec = serializer
         self._chain = serializer_chain(serializer)
         self._fallback = fallback_chain(serializer)
@@ -136,7 +142,10 @@ class MethodPool(multiprocessing.pool.Pool):
 
     def _setup_queues(self) -> None:
         multiprocessing.pool.Pool._setup_queues(self)  # type: ignore[attr-defined]
-        self._quick_put = TaskWriter(self._inqueue, self._fallback)
+        pickler = (
+            main_reference_guard(self._ctx.get_start_method()) if self._fallback else ForkingPickler
+        )
+        self._quick_put = TaskWriter(self._inqueue, self._fallback, pickler)
         self._quick_get = ResultReader(self._outqueue)
 
     def _ship(self, func: Any) -> Any:

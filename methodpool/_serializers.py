@@ -10,8 +10,12 @@ not exist.
 Built in:
 
 ``pickle``
-    multiprocessing's ``ForkingPickler`` (its reducers for connections, sockets
-    and shared ctypes included): strict standard-library behaviour.
+    plain pickle: strict standard-library behaviour.  Arguments and results
+    travel exactly as in the stdlib, by multiprocessing's ``ForkingPickler``.
+    Callables use the ``pickle`` module's own tables, without
+    ``ForkingPickler``'s reducers for sockets and connections: those hand a
+    file descriptor over once, but a shipped callable is loaded by every
+    worker.
 ``cloudpickle``, ``dill``
     by-value serialization of lambdas, closures, nested and interactively defined
     functions and classes.  Imported on first use only: importing methodpool
@@ -102,12 +106,12 @@ class _DefinedInMain(Exception):
     """Raised while pickling: the object refers to a ``__main__`` definition."""
 
 
-class _PoolAwarePickler(ForkingPickler):
+class _PoolAwarePickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         return _placeholder_reduce(obj)
 
 
-class _MainByValuePickler(ForkingPickler):
+class _MainByValuePickler(pickle.Pickler):
     # Plain pickle stores functions and classes by reference ("__main__.f").
     # Workers started by spawn or forkserver import the main script as
     # __mp_main__ (or not at all: REPL, -c, notebooks), and forked workers do
@@ -120,6 +124,39 @@ class _MainByValuePickler(ForkingPickler):
         return _placeholder_reduce(obj)
 
 
+def main_reference_guard(start_method: str) -> type[pickle.Pickler]:
+    """A ``ForkingPickler`` for task arguments that refuses unreachable ``__main__`` definitions.
+
+    Arguments go by plain pickle, which stores an instance of a class defined in
+    ``__main__`` as a reference ("__main__.Point").  A worker can look that up
+    only if it has the definition: forked workers have what ``__main__`` held
+    when the pool started (and later forks have more); spawn and forkserver
+    workers have no reliable copy.  Refused objects go on to the pool's
+    by-value serializer.
+    """
+    main = sys.modules.get("__main__")
+    inherited: dict[int, object] = {}
+    if start_method == "fork" and main is not None:
+        # Keep the objects, not only their ids, so an id cannot be reused.
+        inherited = {
+            id(value): value
+            for value in list(vars(main).values())
+            if isinstance(value, (types.FunctionType, type))
+        }
+
+    class _MainReferenceGuard(ForkingPickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if (
+                isinstance(obj, (types.FunctionType, type))
+                and obj.__module__ == "__main__"
+                and id(obj) not in inherited
+            ):
+                raise _DefinedInMain(f"{obj.__qualname__} is defined in __main__")
+            return NotImplemented
+
+    return _MainReferenceGuard
+
+
 def _dump_with(pickler_class: type[pickle.Pickler], obj: Any) -> bytes:
     buf = io.BytesIO()
     pickler_class(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
@@ -127,7 +164,7 @@ def _dump_with(pickler_class: type[pickle.Pickler], obj: Any) -> bytes:
 
 
 def pickle_dumps(obj: Any) -> bytes:
-    """``ForkingPickler`` with pool placeholders."""
+    """Plain pickle with pool placeholders."""
     return _dump_with(_PoolAwarePickler, obj)
 
 

@@ -1,0 +1,219 @@
+"""Serializer choice, registration, clear errors and the absence of side effects."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+from callables import Affine, WithLock, make_closure
+from conftest import SharedPools
+
+import methodpool
+from methodpool import MethodPool, SerializationError, register_serializer
+from methodpool._serializers import _REGISTRY
+
+
+class HoldsSocket(Affine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conn = Connection()
+
+
+class Connection:
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def socket_method() -> Any:
+    obj = HoldsSocket()
+    yield obj.apply
+    obj.conn.close()
+
+
+CALLS = {
+    "map": lambda pool, f: pool.map(f, [1]),
+    "map_async": lambda pool, f: pool.map_async(f, [1]),
+    "imap": lambda pool, f: pool.imap(f, [1]),
+    "imap_unordered": lambda pool, f: pool.imap_unordered(f, [1]),
+    "starmap": lambda pool, f: pool.starmap(f, [(1,)]),
+    "starmap_async": lambda pool, f: pool.starmap_async(f, [(1,)]),
+    "apply": lambda pool, f: pool.apply(f, (1,)),
+    "apply_async": lambda pool, f: pool.apply_async(f, (1,)),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_unserializable_callable_raises_at_the_call_with_the_attribute_path(
+    shared_pools: SharedPools, call: str, socket_method: Any
+) -> None:
+    pool = shared_pools.get("fork", "cloudpickle")
+    with pytest.raises(SerializationError) as info:
+        CALLS[call](pool, socket_method)  # raises here: no .get() needed
+    message = str(info.value)
+    assert "Affine.apply of <test_serializers.HoldsSocket" in message
+    assert "'cloudpickle'" in message
+    assert "self.conn._sock (socket object)" in message
+    assert "serializer='dill'" in message
+    assert isinstance(info.value, pickle.PicklingError)
+
+
+def test_auto_names_every_serializer_it_tried(pool: MethodPool, socket_method: Any) -> None:
+    with pytest.raises(SerializationError, match=r"'cloudpickle' or 'dill': self\.conn\._sock"):
+        pool.map(socket_method, [1])
+
+
+def test_strict_pickle_suggests_the_by_value_serializers(shared_pools: SharedPools) -> None:
+    pool = shared_pools.get("fork", "pickle")
+    with pytest.raises(SerializationError, match=r"with 'pickle'.*use serializer='auto'"):
+        pool.map(lambda x: x, [1])
+
+
+def test_closure_variable_is_named(shared_pools: SharedPools) -> None:
+    pool = shared_pools.get("fork", "cloudpickle")
+    lock = threading.Lock()
+    with pytest.raises(SerializationError, match=r"closure variable 'lock'.*\(lock object\)"):
+        pool.map(lambda x: lock and x, [1])
+
+
+def test_auto_falls_back_to_dill_for_locks(pool: MethodPool) -> None:
+    assert pool.map(WithLock().apply, [1, 2]) == [3, 5]
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (Affine().apply, "pickle"),
+        (make_closure(), "cloudpickle"),
+        (WithLock().apply, "dill"),
+    ],
+)
+def test_auto_uses_the_first_serializer_that_works(obj: Any, expected: str) -> None:
+    from methodpool._serializers import serializer_chain
+    from methodpool._shipping import ship_callable
+
+    assert ship_callable(obj, serializer_chain("auto")).payload.serializer == expected
+
+
+def test_unknown_serializer_is_a_value_error_listing_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown serializer 'yaml'.*'auto', 'pickle'"):
+        MethodPool(1, serializer="yaml")
+
+
+def test_missing_package_is_an_import_error_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "dill" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ImportError, match="pip install dill"):
+        MethodPool(1, serializer="dill")
+
+
+def test_non_callable_task_is_a_type_error(pool: MethodPool) -> None:
+    with pytest.raises(TypeError, match="must be callable, got 3"):
+        pool.map(3, [1])  # type: ignore[arg-type]
+
+
+# A user serializer: JSON-framed pickle, to show that any format works.
+def tagged_dumps(obj: Any) -> bytes:
+    return b"TAG" + pickle.dumps(obj)
+
+
+def tagged_loads(data: bytes) -> Any:
+    assert data[:3] == b"TAG", "not our format"
+    return pickle.loads(data[3:])
+
+
+class TaggedSerializer:
+    dumps = staticmethod(tagged_dumps)
+    loads = staticmethod(tagged_loads)
+
+
+@pytest.fixture
+def tagged() -> Any:
+    register_serializer("tagged", tagged_dumps, tagged_loads, replace=True)
+    yield "tagged"
+    _REGISTRY.pop("tagged")
+
+
+def test_registered_serializer_works_under_every_start_method(ctx: Any, tagged: str) -> None:
+    with MethodPool(2, context=ctx, serializer=tagged) as pool:
+        assert pool.serializer == "tagged"
+        assert pool.map(Affine(3, 0).apply, range(4)) == [0, 3, 6, 9]
+        # arguments plain pickle refuses go through the registered serializer too
+        assert pool.apply(Affine().apply, (json.loads("2"),)) == 5
+
+
+def test_serializer_object_with_dumps_and_loads(ctx: Any) -> None:
+    with MethodPool(2, context=ctx, serializer=TaggedSerializer()) as pool:
+        assert pool.map(Affine().apply, [1, 2]) == [3, 5]
+
+
+def test_register_serializer_rejects_bad_input(tagged: str) -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_serializer("tagged", tagged_dumps, tagged_loads)
+    with pytest.raises(ValueError, match="'auto' is the built-in"):
+        register_serializer("auto", tagged_dumps, tagged_loads)
+    with pytest.raises(ValueError, match="must be importable by worker processes"):
+        register_serializer("local", tagged_dumps, lambda data: data, replace=True)
+    with pytest.raises(TypeError, match="two functions, or one object"):
+        register_serializer("nothing", 42)  # type: ignore[arg-type]
+    register_serializer("module", json)  # a module with dumps/loads is fine
+    _REGISTRY.pop("module")
+
+
+def test_available_serializers_lists_auto_first() -> None:
+    assert methodpool.available_serializers()[:4] == ["auto", "pickle", "cloudpickle", "dill"]
+
+
+NO_SIDE_EFFECTS = textwrap.dedent(
+    """
+    import copyreg, multiprocessing, multiprocessing.pool, pickle, sys
+    from multiprocessing.reduction import ForkingPickler
+    before = (dict(copyreg.dispatch_table), dict(ForkingPickler._extra_reducers),
+              dict(pickle._Pickler.dispatch))
+    import methodpool
+    assert "dill" not in sys.modules and "cloudpickle" not in sys.modules, "eager import"
+    assert multiprocessing.get_start_method(allow_none=True) is None, "default context set"
+    for serializer in ("auto", "pickle", "cloudpickle", "dill"):
+        with methodpool.MethodPool(1, serializer=serializer) as pool:
+            assert pool.map(abs, [-1]) == [1]
+            pool.apply(lambda: 1) if serializer != "pickle" else None
+    assert "dill" in sys.modules  # it was used...
+    after = (dict(copyreg.dispatch_table), dict(ForkingPickler._extra_reducers),
+             dict(pickle._Pickler.dispatch))
+    # ...without side effects:
+    assert before == after, [set(b) ^ set(a) for b, a in zip(before, after)]
+    # The stdlib pool behaves as before: it still refuses a lambda, the stdlib way.
+    with multiprocessing.Pool(1) as pool:
+        assert pool.map(abs, [-2]) == [2]
+        try:
+            pool.map(lambda x: x, [1])
+        except (pickle.PicklingError, AttributeError) as exc:
+            assert "methodpool" not in repr(exc)
+        else:
+            raise AssertionError("stdlib Pool accepted a lambda")
+    print("clean")
+    """
+)
+
+
+def test_importing_and_using_methodpool_changes_no_global_state() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", NO_SIDE_EFFECTS], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "clean"
