@@ -22,13 +22,25 @@ loaded fails that one task, by name, instead of killing a worker or the
 result-handler thread (which hangs the stdlib pool).  Anything shorter than a
 header is a plain pickle of ``None``: the sentinels that ``Pool`` itself
 writes.
+
+Shared memory.  Workers read the segments that :mod:`methodpool._sharedmem`
+creates with ``_posixshmem`` and ``mmap`` directly rather than through
+``SharedMemory``, which before Python 3.13 registers every attachment with the
+resource tracker, which the workers share with the parent: the tracker would
+then unlink, or warn about, segments the parent still owns.
+
+Job hooks.  The pool's cache of pending jobs (``Pool._cache``, a
+``_PoolCache``) is where every result object registers on creation and leaves
+on completion; :func:`track_jobs` makes it report both events.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import mmap
 import multiprocessing.pool
+import os
 import pickle
 import struct
 from collections.abc import Callable, Sequence
@@ -176,6 +188,42 @@ class ResultWriter:
                 buf = _frame(job, index, (False, wrapped))
         with self._lock:
             self._send(buf.getbuffer())
+
+
+def read_shared_memory(name: str, size: int) -> bytes:
+    """The first ``size`` bytes of the POSIX shared memory segment ``name``."""
+    import _posixshmem  # type: ignore[import-not-found]
+
+    fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDONLY, mode=0o600)
+    try:
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as view:
+            return view[:size]
+    finally:
+        os.close(fd)
+
+
+class _TrackedCache(_stdlib_pool._PoolCache):  # type: ignore[misc]
+    _on_start: Callable[[int], None]
+    _on_done: Callable[[int], None]
+
+    def __setitem__(self, job: int, result: Any) -> None:
+        super().__setitem__(job, result)
+        self._on_start(job)
+
+    def __delitem__(self, job: int) -> None:
+        super().__delitem__(job)
+        self._on_done(job)
+
+
+def track_jobs(cache: Any, on_start: Callable[[int], None], on_done: Callable[[int], None]) -> None:
+    """Make the pool's job cache call ``on_start(job)`` and ``on_done(job)``.
+
+    The cache object is shared with the pool's threads, so it is changed in
+    place (its class), not replaced.
+    """
+    cache._on_start = on_start
+    cache._on_done = on_done
+    cache.__class__ = _TrackedCache
 
 
 class WorkerFactory:

@@ -35,12 +35,13 @@ from __future__ import annotations
 import multiprocessing.pool
 import sys
 import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.context import BaseContext
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._backend import ResultReader, TaskWriter, WorkerFactory
+from ._backend import ResultReader, TaskWriter, WorkerFactory, track_jobs
 from ._serializers import (
     AUTO,
     SupportsDumpsLoads,
@@ -48,7 +49,8 @@ from ._serializers import (
     main_reference_guard,
     serializer_chain,
 )
-from ._shipping import describe, ship_callable
+from ._sharedmem import SHARED_MIN_BYTES, SegmentRegistry
+from ._shipping import Payload, ShippedCallable, describe, ship_callable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -97,6 +99,7 @@ class MethodPool(multiprocessing.pool.Pool):
         _quick_put: Any
         _quick_get: Any
         _ctx: BaseContext
+        _cache: dict[int, Any]
 
         def _check_running(self) -> None: ...
 
@@ -125,8 +128,14 @@ class MethodPool(multiprocessing.pool.Pool):
         if initializer is not None:
             if not callable(initializer):
                 raise TypeError("initializer must be a callable")
-            initializer = self._ship(initializer)
+            # Inline, never in shared memory: every worker start needs it.
+            initializer = self._ship(initializer, share=False)
+        self._segments = SegmentRegistry()
+        # Unlink the segments when the pool is collected or the interpreter
+        # exits without terminate() or join() (which unlink them too).
+        weakref.finalize(self, self._segments.close)
         super().__init__(processes, initializer, initargs, maxtasksperchild, context)
+        track_jobs(self._cache, self._segments.job_started, self._segments.job_done)
 
     @property
     def serializer(self) -> str:
@@ -148,13 +157,30 @@ class MethodPool(multiprocessing.pool.Pool):
         self._quick_put = TaskWriter(self._inqueue, self._fallback, pickler)
         self._quick_get = ResultReader(self._outqueue)
 
-    def _ship(self, func: Any) -> Any:
+    def _ship(self, func: Any, share: bool = True) -> Any:
         if not callable(func):
             raise TypeError(f"the task function must be callable, got {describe(func)}")
         if self._ship_globals_by_reference and _is_importable_function(func):
             return func
         self._callables_serialized += 1
-        return ship_callable(func, self._chain)
+        shipped = ship_callable(func, self._chain)
+        payload = shipped.payload
+        if share and isinstance(payload.data, bytes) and len(payload.data) >= SHARED_MIN_BYTES:
+            ref = self._segments.share(shipped.key, payload.data)
+            shipped = ShippedCallable(
+                shipped.key, shipped.label, Payload(payload.serializer, payload.loads, ref)
+            )
+        return shipped
+
+    def terminate(self) -> None:
+        """Like :meth:`multiprocessing.pool.Pool.terminate`; also frees shared memory."""
+        super().terminate()
+        self._segments.close()
+
+    def join(self) -> None:
+        """Like :meth:`multiprocessing.pool.Pool.join`; also frees shared memory."""
+        super().join()
+        self._segments.close()
 
     def apply_async(
         self,

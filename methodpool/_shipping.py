@@ -17,11 +17,14 @@ import os
 import reprlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._diagnose import find_unserializable
 from ._errors import DeserializationError, SerializationError
 from ._serializers import CLOUDPICKLE, PICKLE, Loads, Serializer
+
+if TYPE_CHECKING:
+    from ._sharedmem import SharedBytes
 
 _repr = reprlib.Repr()
 _repr.maxother = _repr.maxstring = 120
@@ -33,11 +36,15 @@ def describe(obj: Any) -> str:
 
 
 class Payload:
-    """An object serialized by the serializer named ``serializer``."""
+    """An object serialized by the serializer named ``serializer``.
+
+    ``data`` is the bytes, or a :class:`~methodpool._sharedmem.SharedBytes`
+    reference to them.
+    """
 
     __slots__ = ("data", "loads", "serializer")
 
-    def __init__(self, serializer: str, loads: Loads, data: bytes) -> None:
+    def __init__(self, serializer: str, loads: Loads, data: bytes | SharedBytes) -> None:
         self.serializer = serializer
         self.loads = loads
         self.data = data
@@ -48,7 +55,8 @@ class Payload:
     def load(self, what: str = "object") -> Any:
         """The object, rebuilt; :class:`DeserializationError` if it cannot be."""
         try:
-            return self.loads(self.data)
+            data = self.data
+            return self.loads(data if isinstance(data, bytes) else data.read())
         except Exception as exc:
             raise DeserializationError(
                 f"could not load {what} with {self.serializer!r} in process {os.getpid()}: "
@@ -151,5 +159,5 @@ def ship_callable(func: Any, chain: Iterable[Serializer]) -> ShippedCallable:
     label = describe(func)
     root = getattr(func, "__qualname__", None) or type(func).__qualname__
     payload = encode(func, chain, label, root)
-    key = hashlib.blake2b(payload.data, digest_size=16).digest()
+    key = hashlib.blake2b(payload.data, digest_size=16).digest()  # type: ignore[arg-type]
     return ShippedCallable(key, label, payload)

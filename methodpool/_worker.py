@@ -13,13 +13,19 @@ answer each with ``(job, index, (ok, value))``), with these differences:
   :class:`~methodpool.RemoteTaskError` that keeps its type name, message and
   traceback text (the stdlib hangs on some of those, gh-79492);
 * SIGINT is ignored: Ctrl-C is the parent's to handle, which terminates the
-  workers, instead of every worker printing its own traceback.
+  workers, instead of every worker printing its own traceback;
+* a worker exits as soon as its parent process dies, even in the middle of a
+  task, instead of running on as an orphan.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
+import os
 import pickle
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -98,6 +104,19 @@ def run_task(data: bytes, fallback: Sequence[Serializer]) -> tuple[bool, Any]:
         return False, portable_exception(exc, fallback)
 
 
+def _exit_when_parent_dies() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="methodpool-parent-watch", daemon=True).start()
+
+
 def run_worker(
     inqueue: Any,
     outqueue: Any,
@@ -110,6 +129,7 @@ def run_worker(
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_when_parent_dies()
     next_task = TaskReader(inqueue)
     send_result = ResultWriter(outqueue, fallback)
     if initializer is not None:

@@ -183,6 +183,9 @@ NO_SIDE_EFFECTS = textwrap.dedent(
     """
     import copyreg, multiprocessing, multiprocessing.pool, pickle, sys
     from multiprocessing.reduction import ForkingPickler
+    # Stdlib modules methodpool imports, some of which register reducers of their own
+    # (typing does on 3.12+).
+    import dataclasses, functools, hashlib, reprlib, struct, typing
     before = (dict(copyreg.dispatch_table), dict(ForkingPickler._extra_reducers),
               dict(pickle._Pickler.dispatch))
     import methodpool

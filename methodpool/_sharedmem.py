@@ -1,0 +1,126 @@
+"""Large serialized callables reach the workers once, through shared memory.
+
+A task carries its callable's bytes inline while they are small.  Past
+:data:`SHARED_MIN_BYTES`, the parent writes them once into a POSIX shared
+memory segment and the task carries only a :class:`SharedBytes` reference
+(name and size, a few dozen bytes); each worker reads the segment the first
+time it meets that callable and keeps the loaded callable in its cache
+(:mod:`methodpool._shipping`).  A 20 MB bound method thus moves 20 MB once per
+worker instead of once per task.
+
+Lifetime.  A :class:`SegmentRegistry` (one per pool) keys segments by the
+content key of the bytes, so consecutive calls with an unchanged callable share
+one segment, and counts the jobs (``map``, ``imap``, ``apply_async`` calls)
+still using each.  A segment no job uses becomes idle; the newest few idle
+segments are kept for the next call and older ones are unlinked.  ``close()``
+unlinks every segment: the pool calls it on ``terminate()``, ``join()``,
+garbage collection and interpreter exit.  If the parent is killed, the
+``multiprocessing`` resource tracker, with which every segment is registered,
+unlinks what is left.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from multiprocessing import shared_memory
+from typing import Any
+
+from ._backend import read_shared_memory
+
+SHARED_MIN_BYTES = 64 * 1024
+_IDLE_MAX = 4
+
+
+class SharedBytes:
+    """Stands in for ``size`` bytes in the shared memory segment ``name``."""
+
+    __slots__ = ("name", "size")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedBytes, (self.name, self.size))
+
+    def read(self) -> bytes:
+        """The bytes, copied out of the segment (which must still exist)."""
+        return read_shared_memory(self.name, self.size)
+
+
+class _Segment:
+    __slots__ = ("jobs", "memory", "ref")
+
+    def __init__(self, data: bytes) -> None:
+        self.memory = shared_memory.SharedMemory(create=True, size=len(data))
+        self.memory.buf[: len(data)] = data  # type: ignore[index]
+        self.ref = SharedBytes(self.memory.name, len(data))
+        self.jobs: set[int] = set()
+
+    def unlink(self) -> None:
+        self.memory.close()
+        self.memory.unlink()
+
+
+class SegmentRegistry:
+    """Parent side: the pool's segments, by content key, and the jobs using each.
+
+    :meth:`share` is called by the caller's thread while it submits a call; the
+    job that call creates next, in the same thread, claims the segment
+    (:meth:`job_started`).  :meth:`job_done` is called when a job leaves the
+    pool's cache, from whichever thread completes it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._segments: OrderedDict[bytes, _Segment] = OrderedDict()
+        self._by_job: dict[int, _Segment] = {}
+        self._unclaimed = threading.local()
+        self.segments_created = 0  # for tests and benchmarks
+
+    def share(self, key: bytes, data: bytes) -> SharedBytes:
+        """A reference to ``data`` in a segment, made now or reused."""
+        with self._lock:
+            segment = self._segments.get(key)
+            if segment is None:
+                segment = self._segments[key] = _Segment(data)
+                self.segments_created += 1
+            self._segments.move_to_end(key)
+            self._unclaimed.segment = segment
+            self._trim()
+        return segment.ref
+
+    def job_started(self, job: int) -> None:
+        segment = getattr(self._unclaimed, "segment", None)
+        if segment is not None:
+            self._unclaimed.segment = None
+            with self._lock:
+                segment.jobs.add(job)
+                self._by_job[job] = segment
+
+    def job_done(self, job: int) -> None:
+        with self._lock:
+            segment = self._by_job.pop(job, None)
+            if segment is not None:
+                segment.jobs.discard(job)
+                self._trim()
+
+    def _trim(self) -> None:
+        idle = [key for key, segment in self._segments.items() if not segment.jobs]
+        unclaimed = getattr(self._unclaimed, "segment", None)
+        for key in idle[: max(0, len(idle) - _IDLE_MAX)]:
+            if self._segments[key] is not unclaimed:
+                self._segments.pop(key).unlink()
+
+    def names(self) -> list[str]:
+        """Names of the segments that exist now."""
+        with self._lock:
+            return [segment.memory.name for segment in self._segments.values()]
+
+    def close(self) -> None:
+        """Unlink every segment; later calls may still share new ones."""
+        with self._lock:
+            while self._segments:
+                self._segments.popitem()[1].unlink()
+            self._by_job.clear()
