@@ -13,6 +13,9 @@ offers no public hooks, so MethodPool uses three private ones:
   :class:`TaskWriter` and :class:`ResultReader`.
 * ``SimpleQueue._reader``, ``_writer``, ``_rlock`` and ``_wlock``: the worker
   reads and writes raw frames itself (:class:`TaskReader`, :class:`ResultWriter`).
+* ``Pool._help_stuff_finish``, which ``terminate()`` uses to empty the task
+  pipe, unpickles what it drains; frames are not plain pickles, so MethodPool
+  drains with :func:`drain_task_pipe` instead.
 
 ``tests/test_backend.py`` pins each of these on every supported version.
 
@@ -43,6 +46,7 @@ import multiprocessing.pool
 import os
 import pickle
 import struct
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -188,6 +192,18 @@ class ResultWriter:
                 buf = _frame(job, index, (False, wrapped))
         with self._lock:
             self._send(buf.getbuffer())
+
+
+def drain_task_pipe(inqueue: Any, task_handler: Any) -> None:
+    """``Pool._help_stuff_finish`` for frames: discard queued tasks while the task handler runs.
+
+    Like the stdlib, it leaves the pipe's read lock held: no worker may take a
+    task any more.
+    """
+    inqueue._rlock.acquire()
+    while task_handler.is_alive() and inqueue._reader.poll():
+        inqueue._reader.recv_bytes()
+        time.sleep(0)
 
 
 def read_shared_memory(name: str, size: int) -> bytes:

@@ -41,7 +41,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._backend import ResultReader, TaskWriter, WorkerFactory, track_jobs
+from ._backend import ResultReader, TaskWriter, WorkerFactory, drain_task_pipe, track_jobs
 from ._serializers import (
     AUTO,
     SupportsDumpsLoads,
@@ -171,6 +171,10 @@ class MethodPool(multiprocessing.pool.Pool):
                 shipped.key, shipped.label, Payload(payload.serializer, payload.loads, ref)
             )
         return shipped
+
+    @staticmethod
+    def _help_stuff_finish(inqueue: Any, task_handler: Any, size: int) -> None:
+        drain_task_pipe(inqueue, task_handler)
 
     def terminate(self) -> None:
         """Like :meth:`multiprocessing.pool.Pool.terminate`; also frees shared memory."""

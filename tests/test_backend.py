@@ -9,6 +9,7 @@ import inspect
 import multiprocessing
 import multiprocessing.pool
 import multiprocessing.queues
+import time
 
 from methodpool import MethodPool
 from methodpool._backend import HEADER, ResultReader, TaskWriter, WorkerFactory
@@ -64,3 +65,18 @@ def test_stdlib_sentinels_are_shorter_than_a_frame_header() -> None:
     from multiprocessing.reduction import ForkingPickler
 
     assert len(ForkingPickler.dumps(None)) < HEADER.size
+
+
+def test_terminate_drains_the_task_pipe_through_the_class() -> None:
+    source = inspect.getsource(multiprocessing.pool.Pool._terminate_pool)
+    assert "cls._help_stuff_finish(inqueue, task_handler, len(pool))" in source
+
+
+def test_terminate_with_a_full_task_pipe(start_method: str) -> None:
+    # terminate() empties the task pipe; frames are not plain pickles, so the
+    # stdlib's way of emptying it would raise here.
+    pool = MethodPool(1, context=multiprocessing.get_context(start_method))
+    pool.map_async(time.sleep, [0.2] * 2000, chunksize=1)
+    time.sleep(0.3)
+    pool.terminate()
+    pool.join()
