@@ -8,9 +8,13 @@ standard library's ``Pool``.  Importing methodpool changes no global state.
 from ._backend import MaybeEncodingError, RemoteTraceback
 from ._errors import (
     DeserializationError,
+    InitializerError,
+    PoolTerminatedError,
     PoolUsedInWorkerError,
     RemoteTaskError,
     SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
 )
 from ._pool import MethodPool, Pool
 from ._serializers import available_serializers, register_serializer
@@ -19,13 +23,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DeserializationError",
+    "InitializerError",
     "MaybeEncodingError",
     "MethodPool",
     "Pool",
+    "PoolTerminatedError",
     "PoolUsedInWorkerError",
     "RemoteTaskError",
     "RemoteTraceback",
     "SerializationError",
+    "TaskTimeoutError",
+    "WorkerLostError",
     "available_serializers",
     "register_serializer",
 ]

@@ -1,59 +1,46 @@
 """Every place methodpool relies on ``multiprocessing`` internals, in one file.
 
-``multiprocessing.pool.Pool`` (identical in this respect on CPython 3.10-3.13)
-offers no public hooks, so MethodPool uses three private ones:
+``multiprocessing.pool.Pool`` (identical in these respects on CPython
+3.10-3.13) offers no public hooks, so MethodPool uses these private ones:
 
 * ``Pool.Process(ctx, target=pool.worker, args=...)`` is how the pool starts
   every worker, the first ones and every replacement.  An instance attribute
-  (:class:`WorkerFactory`) takes its place and starts
-  :func:`methodpool._worker.run_worker` with the same queues instead.
-* ``Pool._setup_queues`` creates the two ``SimpleQueue`` pipes and the
-  ``_quick_put`` / ``_quick_get`` functions that the task-handler and
-  result-handler threads use.  MethodPool replaces those two functions with
-  :class:`TaskWriter` and :class:`ResultReader`.
-* ``SimpleQueue._reader``, ``_writer``, ``_rlock`` and ``_wlock``: the worker
-  reads and writes raw frames itself (:class:`TaskReader`, :class:`ResultWriter`).
-* ``Pool._help_stuff_finish``, which ``terminate()`` uses to empty the task
-  pipe, unpickles what it drains; frames are not plain pickles, so MethodPool
-  drains with :func:`drain_task_pipe` instead.
+  (:class:`WorkerFactory`) takes its place: it starts
+  :func:`methodpool._worker.run_worker` on a channel of its own
+  (:mod:`methodpool._channels`) instead of the shared queues.
+* ``Pool._setup_queues`` sets ``_quick_put`` / ``_quick_get``, the functions
+  through which the task-handler and result-handler threads send tasks and
+  receive results.  MethodPool points them at its dispatcher.  The stdlib
+  queues stay, unused but for the ``None`` sentinels ``Pool`` writes to
+  ``_outqueue`` itself.
+* ``Pool._help_stuff_finish`` is how ``terminate()`` unblocks a task handler
+  stuck sending; MethodPool's wakes the dispatcher instead
+  (:func:`abort_dispatch`).
+* ``Pool._terminate_pool`` (a classmethod) is wrapped so that workers which
+  ignore SIGTERM are killed after a grace period.
+* ``Pool._cache`` (a ``_PoolCache``) is where every result object registers on
+  creation and leaves on completion; :func:`track_jobs` makes it report both
+  events.  Result objects' ``_set`` is how a job is given a result; it fails
+  pending jobs when the pool is terminated (:func:`fail_pending`).
 
 ``tests/test_backend.py`` pins each of these on every supported version.
-
-Frames.  Both pipes carry ``<job:int64><index:int64><pickle>``.  The header is
-readable even when the pickle is not, so a task or result that cannot be
-loaded fails that one task, by name, instead of killing a worker or the
-result-handler thread (which hangs the stdlib pool).  Anything shorter than a
-header is a plain pickle of ``None``: the sentinels that ``Pool`` itself
-writes.
 
 Shared memory.  Workers read the segments that :mod:`methodpool._sharedmem`
 creates with ``_posixshmem`` and ``mmap`` directly rather than through
 ``SharedMemory``, which before Python 3.13 registers every attachment with the
 resource tracker, which the workers share with the parent: the tracker would
 then unlink, or warn about, segments the parent still owns.
-
-Job hooks.  The pool's cache of pending jobs (``Pool._cache``, a
-``_PoolCache``) is where every result object registers on creation and leaves
-on completion; :func:`track_jobs` makes it report both events.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import mmap
+import multiprocessing.context
 import multiprocessing.pool
 import os
-import pickle
-import struct
-import time
-from collections.abc import Callable, Sequence
-from multiprocessing.reduction import ForkingPickler
+import weakref
+from collections.abc import Callable
 from typing import Any
-
-from ._errors import DeserializationError
-from ._serializers import PICKLE, Serializer
-from ._shipping import Payload, describe, encode
 
 # Private names of multiprocessing.pool used by methodpool (see above); typeshed
 # does not declare them.
@@ -65,157 +52,71 @@ helper_reraises_exception = _stdlib_pool._helper_reraises_exception
 ExceptionWithTraceback = _stdlib_pool.ExceptionWithTraceback
 MaybeEncodingError = _stdlib_pool.MaybeEncodingError
 RemoteTraceback = _stdlib_pool.RemoteTraceback
-
-HEADER = struct.Struct("<qq")
-PROTOCOL = pickle.HIGHEST_PROTOCOL
-_SENTINEL = pickle.dumps(None, PROTOCOL)
-assert len(_SENTINEL) < HEADER.size
+ApplyResult = _stdlib_pool.ApplyResult
+MapResult = _stdlib_pool.MapResult
+IMapIterator = _stdlib_pool.IMapIterator
 
 
-def _frame(
-    job: int, index: int, body: Any, pickler: type[pickle.Pickler] = ForkingPickler
-) -> io.BytesIO:
-    buf = io.BytesIO()
-    buf.write(HEADER.pack(job, index))
-    pickler(buf, PROTOCOL).dump(body)
-    return buf
+# What to run once a worker process has started, in the parent: close the
+# parent's copies of the worker's ends of its pipes, so that the worker's
+# death shows as end-of-file.
+_after_start: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
 
 
-class TaskWriter:
-    """Replaces ``Pool._quick_put``: writes one task frame to the task pipe.
-
-    Arguments go by ``pickler``, a ``ForkingPickler`` (the stdlib's fast path);
-    arguments it cannot carry go as a :class:`Payload` of the ``fallback``
-    serializers.  Raises
-    :class:`~methodpool.SerializationError` if none can carry them; the pool's
-    task handler turns that into the failure of that task.
-    """
-
-    def __init__(
-        self, inqueue: Any, fallback: Sequence[Serializer], pickler: type[pickle.Pickler]
-    ) -> None:
-        self._send = inqueue._writer.send_bytes
-        self._fallback = fallback
-        self._pickler = pickler
-        # Counters for tests and benchmarks: what really went down the pipe.
-        self.frames_written = 0
-        self.bytes_written = 0
-
-    def __call__(self, task: tuple[int, int, Any, Any, Any] | None) -> None:
-        if task is None:
-            self._send(_SENTINEL)
-            return
-        job, index, func, args, kwds = task
-        try:
-            buf = _frame(job, index, (func, args, kwds), self._pickler)
-        except Exception:
-            boxed = encode(
-                (args, kwds), self._fallback or (PICKLE,), f"the arguments of task {index}", "args"
-            )
-            buf = _frame(job, index, (func, boxed, None))
-        frame = buf.getbuffer()
-        self._send(frame)
-        self.frames_written += 1
-        self.bytes_written += frame.nbytes
+class _WorkerProcess:
+    def start(self) -> None:
+        super().start()  # type: ignore[misc]
+        after = _after_start.pop(self, None)
+        if after is not None:
+            after()
 
 
-class ResultReader:
-    """Replaces ``Pool._quick_get``: reads one result frame, never raising on bad data.
-
-    Returns ``(job, index, (ok, value))`` as the stdlib worker sends it; a
-    result that cannot be loaded becomes ``(False, DeserializationError)``.
-    """
-
-    def __init__(self, outqueue: Any) -> None:
-        self._recv = outqueue._reader.recv_bytes
-
-    def __call__(self) -> Any:
-        data = self._recv()
-        if len(data) < HEADER.size:
-            return pickle.loads(data)
-        job, index = HEADER.unpack_from(data)
-        try:
-            ok, value = pickle.loads(memoryview(data)[HEADER.size :])
-            if type(value) is Payload:
-                value = value.load(f"the result of task {index}")
-        except DeserializationError as exc:
-            ok, value = False, exc
-        except Exception as exc:
-            error = DeserializationError(
-                f"could not load the result of task {index} in the parent process: "
-                f"{type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-            ok, value = False, error
-        return job, index, (ok, value)
+_context: Any = multiprocessing.context
+# One subclass per start method, defined at module level: spawn and
+# forkserver pickle the process object, class included, by reference.
+ForkWorker = type("ForkWorker", (_WorkerProcess, _context.ForkProcess), {"__module__": __name__})
+SpawnWorker = type("SpawnWorker", (_WorkerProcess, _context.SpawnProcess), {"__module__": __name__})
+ForkServerWorker = type(
+    "ForkServerWorker", (_WorkerProcess, _context.ForkServerProcess), {"__module__": __name__}
+)
+_WORKER_CLASSES = {"fork": ForkWorker, "spawn": SpawnWorker, "forkserver": ForkServerWorker}
 
 
-class TaskReader:
-    """Worker side: the next task frame, or ``None`` for the stop sentinel."""
-
-    def __init__(self, inqueue: Any) -> None:
-        self._rlock = inqueue._rlock
-        self._recv = inqueue._reader.recv_bytes
-        # Like pool.worker: this process only reads tasks and writes results.
-        inqueue._writer.close()
-
-    def __call__(self) -> bytes | None:
-        with self._rlock:
-            data = self._recv()
-        return data if len(data) >= HEADER.size else None
-
-
-class ResultWriter:
-    """Worker side: sends ``(ok, value)`` for a task, whatever ``value`` is.
-
-    Plain pickle first; then the ``fallback`` serializers; if none can carry
-    the value, the task fails with the stdlib's ``MaybeEncodingError``.
-    """
-
-    def __init__(self, outqueue: Any, fallback: Sequence[Serializer]) -> None:
-        self._lock = outqueue._wlock or contextlib.nullcontext()
-        self._send = outqueue._writer.send_bytes
-        self._fallback = fallback
-        outqueue._reader.close()
-
-    def __call__(self, job: int, index: int, ok: bool, value: Any) -> None:
-        try:
-            buf = _frame(job, index, (ok, value))
-        except Exception as exc:
-            try:
-                if not self._fallback:
-                    raise
-                boxed = encode(value, self._fallback, f"the result of task {index}", "result")
-                buf = _frame(job, index, (ok, boxed))
-            except Exception:
-                wrapped = MaybeEncodingError(exc, describe(value))
-                buf = _frame(job, index, (False, wrapped))
-        with self._lock:
-            self._send(buf.getbuffer())
-
-
-def drain_task_pipe(inqueue: Any, task_handler: Any) -> None:
-    """``Pool._help_stuff_finish`` for frames: discard queued tasks while the task handler runs.
-
-    Like the stdlib, it leaves the pipe's read lock held: no worker may take a
-    task any more.
-    """
-    inqueue._rlock.acquire()
-    while task_handler.is_alive() and inqueue._reader.poll():
-        inqueue._reader.recv_bytes()
-        time.sleep(0)
-
-
-def read_shared_memory(name: str, size: int) -> bytes:
-    """The first ``size`` bytes of the POSIX shared memory segment ``name``."""
-    import _posixshmem  # type: ignore[import-not-found]
-
-    fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDONLY, mode=0o600)
+def new_worker_process(
+    ctx: Any, target: Callable[..., Any], args: tuple[Any, ...], after_start: Callable[[], None]
+) -> Any:
+    """An unstarted process of ``ctx``'s start method; ``after_start()`` runs once it starts."""
+    method = ctx.get_start_method()
     try:
-        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as view:
-            return view[:size]
-    finally:
-        os.close(fd)
+        cls = _WORKER_CLASSES[method]
+    except KeyError:
+        raise ValueError(f"methodpool does not support the start method {method!r}") from None
+    process = cls(target=target, args=args)
+    _after_start[process] = after_start
+    return process
+
+
+class WorkerFactory:
+    """Replaces ``Pool.Process``: ``start(ctx, initializer, initargs, maxtasks)`` makes workers."""
+
+    def __init__(self, start: Callable[..., Any]) -> None:
+        self._start = start
+
+    def __call__(self, ctx: Any, *, target: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if target is not stdlib_worker:
+            raise RuntimeError(
+                f"methodpool does not support this Python's multiprocessing.pool: "
+                f"Pool.Process was asked to start {target!r}"
+            )
+        _inqueue, _outqueue, initializer, initargs, maxtasks, _wrap_exception = args
+        return self._start(ctx, initializer, initargs, maxtasks)
+
+
+def abort_dispatch(inqueue: Any) -> None:
+    """For ``Pool._help_stuff_finish``: wake a task handler blocked in the dispatcher."""
+    dispatcher = getattr(inqueue, "_methodpool_dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.abort()
 
 
 class _TrackedCache(_stdlib_pool._PoolCache):  # type: ignore[misc]
@@ -242,22 +143,34 @@ def track_jobs(cache: Any, on_start: Callable[[int], None], on_done: Callable[[i
     cache.__class__ = _TrackedCache
 
 
-class WorkerFactory:
-    """Replaces ``Pool.Process``: starts methodpool's worker in place of ``pool.worker``."""
+def fail_pending(cache: Any, error: BaseException) -> None:
+    """Give every job still in ``cache`` the outcome ``error`` for its missing results."""
+    for result in list(cache.values()):
+        failure = (False, error)
+        if isinstance(result, IMapIterator):
+            # The next result the consumer waits for fails; the iteration ends there.
+            with result._cond:
+                index = result._index
+            result._set(index, failure)
+            with result._cond:
+                ended = result._index == result._length
+                length = result._index
+            if not ended:
+                result._set_length(length)
+        elif isinstance(result, MapResult):
+            while not result.ready():
+                result._set(0, failure)
+        elif not result.ready():
+            result._set(0, failure)
 
-    def __init__(self, fallback: Sequence[Serializer]) -> None:
-        self._fallback = tuple(fallback)
 
-    def __call__(self, ctx: Any, *, target: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        if target is not stdlib_worker:
-            raise RuntimeError(
-                f"methodpool does not support this Python's multiprocessing.pool: "
-                f"Pool.Process was asked to start {target!r}"
-            )
-        from ._worker import run_worker
+def read_shared_memory(name: str, size: int) -> bytes:
+    """The first ``size`` bytes of the POSIX shared memory segment ``name``."""
+    import _posixshmem  # type: ignore[import-not-found]
 
-        inqueue, outqueue, initializer, initargs, maxtasks, _wrap_exception = args
-        return ctx.Process(
-            target=run_worker,
-            args=(inqueue, outqueue, initializer, initargs, maxtasks, self._fallback),
-        )
+    fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDONLY, mode=0o600)
+    try:
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as view:
+            return view[:size]
+    finally:
+        os.close(fd)

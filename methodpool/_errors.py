@@ -51,3 +51,28 @@ class PoolUsedInWorkerError(RuntimeError):
     (``self.pool`` on the instance of a bound method, say), the worker receives a
     placeholder, and any use of it raises this error.
     """
+
+
+class WorkerLostError(RuntimeError):
+    """The worker process running a task died: killed, crashed or exited.
+
+    Only the task it was running fails; tasks queued behind it go to another
+    worker, and the pool replaces the worker.  The message says which task and
+    how the process ended (signal or exit code).
+    """
+
+
+class TaskTimeoutError(TimeoutError):
+    """A task ran longer than its ``task_timeout``; its worker was killed and replaced."""
+
+
+class InitializerError(RuntimeError):
+    """The pool's ``initializer`` raised in a worker; the pool cannot run tasks.
+
+    Pending and later calls fail with this error (its ``__cause__`` is the
+    initializer's exception) instead of the stdlib's endless worker restarts.
+    """
+
+
+class PoolTerminatedError(RuntimeError):
+    """The pool was terminated before this task's result arrived."""

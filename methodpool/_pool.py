@@ -1,47 +1,68 @@
 """MethodPool: ``multiprocessing.pool.Pool`` for any callable.
 
-Data flow (the stdlib's threads and pipes, with methodpool's pieces marked *)::
+Data flow (the stdlib's threads, with methodpool's pieces marked *)::
 
-    caller thread              task handler thread          worker process (xN)
-    -------------              -------------------          -------------------
+    caller thread              task-handler thread         worker process k (xN)
+    -------------              -------------------         ---------------------
     pool.map(f, xs)
       *_ship(f): serialize f
-       once per call with the
-       serializer chain; a
-       failure raises
+       once per call (large:
+       once per pool, in shared
+       memory); failure raises
        SerializationError here
-      stdlib: chunk xs into     *TaskWriter: frame each
-       (job, i, mapstar,         task, plain pickle;
-        ((f', chunk),), {})  -->  args it cannot carry   --> *run_worker: read frame,
-       on _taskqueue              go as a fallback            load task, open f' (loaded
-                                  Payload; pipe _inqueue      once, then cached), run it,
-                                                              catch anything it raises
+      stdlib: chunk xs into     *Dispatcher.put: frame
+       (job, i, mapstar,         each task (args plain
+        ((f', chunk),), {})  -->  pickle cannot carry go -->  *run_worker: read frame,
+       on _taskqueue              by the serializer); send    note "started", load the
+                                  to the least busy worker    task, open f' (loaded once,
+                                  on its own tasks pipe       then cached), run it, catch
+                                                              anything it raises
                                                                      |
-    caller: result.get()   <--  result handler thread    <--  *ResultWriter: frame
-                                 *ResultReader: load the       (ok, value); a value plain
-                                  frame; a bad one fails       pickle cannot carry goes as
-                                  its task only;               a fallback Payload; pipe
-                                  stdlib: cache[job]._set()    _outqueue
+    caller: result.get()   <--  result-handler thread   <--  *frame (ok, value) on its
+      (*callbacks guarded)       *Dispatcher.get: wait on     own results pipe (a value
+                                  all results pipes; a bad    plain pickle cannot carry
+                                  frame fails its task; a     goes by the serializer)
+                                  closed pipe (dead worker)
+                                  fails its running task,
+                                  resends its queued ones;
+                                  stdlib: cache[job]._set()
 
 ``f'`` is a :class:`~methodpool._shipping.ShippedCallable`: the serialized
-bytes plus a content key.  Plain module-level functions skip it and travel by
-reference, as in the stdlib.  Which private hooks of ``Pool`` this needs, and
-why, is in :mod:`methodpool._backend`; the worker side is
-:mod:`methodpool._worker`; serializers are :mod:`methodpool._serializers`.
+bytes (or a reference to a shared memory segment, :mod:`methodpool._sharedmem`)
+plus a content key.  Plain module-level functions skip it and travel by
+reference, as in the stdlib.  The channels and the dispatcher are
+:mod:`methodpool._channels`; the worker side is :mod:`methodpool._worker`;
+serializers are :mod:`methodpool._serializers`; which private hooks of
+``Pool`` all this needs, and why, is in :mod:`methodpool._backend`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing.pool
+import os
+import signal
 import sys
+import threading
 import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.context import BaseContext
+from multiprocessing.pool import ApplyResult, MapResult
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._backend import ResultReader, TaskWriter, WorkerFactory, drain_task_pipe, track_jobs
+from ._backend import (
+    WorkerFactory,
+    abort_dispatch,
+    fail_pending,
+    mapstar,
+    starmapstar,
+    track_jobs,
+)
+from ._channels import Dispatcher
+from ._errors import InitializerError, PoolTerminatedError
 from ._serializers import (
     AUTO,
     SupportsDumpsLoads,
@@ -51,11 +72,16 @@ from ._serializers import (
 )
 from ._sharedmem import SHARED_MIN_BYTES, SegmentRegistry
 from ._shipping import Payload, ShippedCallable, describe, ship_callable
+from ._worker import run_worker
 
 T = TypeVar("T")
 R = TypeVar("R")
 
+logger = logging.getLogger("methodpool")
+
 _BUILTIN_SPECS = frozenset({AUTO, "pickle", "cloudpickle", "dill"})
+# How long terminate() lets workers react to SIGTERM before it sends SIGKILL.
+TERMINATE_GRACE = 1.0
 
 
 def _is_importable_function(func: Any) -> bool:
@@ -71,14 +97,48 @@ def _is_importable_function(func: Any) -> bool:
     return getattr(sys.modules.get(module), name, None) is func
 
 
+def _guarded(callback: Callable[[Any], object] | None, kind: str) -> Any:
+    # A callback that raises kills the stdlib's result-handler thread, and every
+    # pending get() hangs (gh-83371).  Log it instead; the result is delivered.
+    if callback is None:
+        return None
+
+    def run(value: Any) -> None:
+        try:
+            callback(value)
+        except Exception:
+            logger.exception("%s %r raised; the result is still delivered", kind, callback)
+
+    return run
+
+
+def _check_timeout(task_timeout: float | None) -> None:
+    if task_timeout is not None and not task_timeout > 0:
+        raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
+
+
+def _kill_remaining(workers: list[Any]) -> None:
+    for process in list(workers):
+        if process.pid is not None and process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+
+
 class MethodPool(multiprocessing.pool.Pool):
     """A ``multiprocessing.pool.Pool`` whose tasks may use any callable.
 
-    Same constructor, methods and results as the stdlib pool, plus
-    ``serializer``: ``"auto"`` (default: plain pickle where it works,
-    cloudpickle then dill where it does not), ``"pickle"``, ``"cloudpickle"``,
-    ``"dill"``, a name given to :func:`~methodpool.register_serializer`, or an
-    object with ``dumps`` and ``loads``.
+    Same constructor, methods and results as the stdlib pool, plus:
+
+    ``serializer``
+        ``"auto"`` (default: plain pickle where it works, cloudpickle then
+        dill where it does not), ``"pickle"``, ``"cloudpickle"``, ``"dill"``,
+        a name given to :func:`~methodpool.register_serializer`, or an object
+        with ``dumps`` and ``loads``.
+    ``task_timeout``
+        seconds a task (a chunk, for chunked calls) may run; an overdue task's
+        worker is killed and replaced, and the task fails with
+        :class:`~methodpool.TaskTimeoutError`.  Every method also takes
+        ``task_timeout=`` for its own call.
 
     The task callable is serialized once per call, in the caller's thread, and
     snapshotted then: later changes to the object do not reach tasks of that
@@ -86,6 +146,13 @@ class MethodPool(multiprocessing.pool.Pool):
     :class:`~methodpool.SerializationError` from the call itself.  Arguments and
     results go by plain pickle, and by the serializer where plain pickle cannot
     carry them (except with ``serializer="pickle"``).
+
+    Faults end in exceptions, never hangs: a worker that dies fails only the
+    task it was running (:class:`~methodpool.WorkerLostError`); an initializer
+    that raises fails the calls (:class:`~methodpool.InitializerError`);
+    ``terminate()`` fails whatever is pending
+    (:class:`~methodpool.PoolTerminatedError`); a callback that raises is
+    logged to the ``methodpool`` logger.
 
     Raises :class:`ValueError` for an unknown serializer name and
     :class:`ImportError` when the chosen serializer's package is missing.
@@ -100,6 +167,7 @@ class MethodPool(multiprocessing.pool.Pool):
         _quick_get: Any
         _ctx: BaseContext
         _cache: dict[int, Any]
+        _taskqueue: Any
 
         def _check_running(self) -> None: ...
 
@@ -112,10 +180,15 @@ class MethodPool(multiprocessing.pool.Pool):
         context: BaseContext | None = None,
         *,
         serializer: str | SupportsDumpsLoads = AUTO,
+        task_timeout: float | None = None,
     ) -> None:
         # Pool.__del__ reads these even when __init__ raises before Pool's own.
         self._pool = []
         self._state = multiprocessing.pool.INIT
+        if task_timeout is not None and task_timeout <= 0:
+            raise ValueError(
+                f"task_timeout must be a positive number of seconds, got {task_timeout}"
+            )
         self._serializer_spec = serializer
         self._chain = serializer_chain(serializer)
         self._fallback = fallback_chain(serializer)
@@ -123,8 +196,9 @@ class MethodPool(multiprocessing.pool.Pool):
         self._ship_globals_by_reference = (
             isinstance(serializer, str) and serializer in _BUILTIN_SPECS
         )
+        self._dispatcher = Dispatcher(run_worker, self._fallback, maxtasksperchild, task_timeout)
         # Instance attribute in place of the static Pool.Process (see _backend).
-        self.Process = WorkerFactory(self._fallback)  # type: ignore[method-assign]
+        self.Process = WorkerFactory(self._dispatcher.start_worker)  # type: ignore[method-assign]
         if initializer is not None:
             if not callable(initializer):
                 raise TypeError("initializer must be a callable")
@@ -135,7 +209,18 @@ class MethodPool(multiprocessing.pool.Pool):
         # exits without terminate() or join() (which unlink them too).
         weakref.finalize(self, self._segments.close)
         super().__init__(processes, initializer, initargs, maxtasksperchild, context)
-        track_jobs(self._cache, self._segments.job_started, self._segments.job_done)
+        self._dispatcher.attach(self._taskqueue)
+        segments, dispatcher = self._segments, self._dispatcher
+
+        def job_started(job: int) -> None:
+            segments.job_started(job)
+            dispatcher.job_started(job)
+
+        def job_done(job: int) -> None:
+            segments.job_done(job)
+            dispatcher.job_done(job)
+
+        track_jobs(self._cache, job_started, job_done)
 
     @property
     def serializer(self) -> str:
@@ -149,13 +234,39 @@ class MethodPool(multiprocessing.pool.Pool):
             f"pool_size={len(self._pool)} serializer={self.serializer!r}>"
         )
 
+    # -- hooks into multiprocessing.pool.Pool (see _backend) -------------------
+
     def _setup_queues(self) -> None:
         multiprocessing.pool.Pool._setup_queues(self)  # type: ignore[attr-defined]
         pickler = (
             main_reference_guard(self._ctx.get_start_method()) if self._fallback else ForkingPickler
         )
-        self._quick_put = TaskWriter(self._inqueue, self._fallback, pickler)
-        self._quick_get = ResultReader(self._outqueue)
+        self._dispatcher.connect(self._outqueue, pickler)
+        self._inqueue._methodpool_dispatcher = self._dispatcher
+        self._quick_put = self._dispatcher.put
+        self._quick_get = self._dispatcher.get
+
+    @staticmethod
+    def _help_stuff_finish(inqueue: Any, task_handler: Any, size: int) -> None:
+        abort_dispatch(inqueue)
+
+    @classmethod
+    def _terminate_pool(  # type: ignore[no-untyped-def]
+        cls, taskqueue, inqueue, outqueue, pool, change_notifier, worker_handler, *rest
+    ) -> None:
+        # The stdlib sends SIGTERM and waits: forever, if a task ignores it
+        # (gh-78178).  Escalate to SIGKILL after a grace period.
+        killer = threading.Timer(TERMINATE_GRACE, _kill_remaining, (pool,))
+        killer.daemon = True
+        killer.start()
+        try:
+            super()._terminate_pool(  # type: ignore[misc]
+                taskqueue, inqueue, outqueue, pool, change_notifier, worker_handler, *rest
+            )
+        finally:
+            killer.cancel()
+
+    # -- calls -----------------------------------------------------------------
 
     def _ship(self, func: Any, share: bool = True) -> Any:
         if not callable(func):
@@ -172,19 +283,30 @@ class MethodPool(multiprocessing.pool.Pool):
             )
         return shipped
 
-    @staticmethod
-    def _help_stuff_finish(inqueue: Any, task_handler: Any, size: int) -> None:
-        drain_task_pipe(inqueue, task_handler)
+    def _prepare(self, func: Any, task_timeout: float | None) -> Any:
+        """Checks and shipping common to every call, in the caller's thread."""
+        self._check_running()
+        broken = self._dispatcher.broken
+        if broken is not None:
+            raise InitializerError(*broken.args) from broken.__cause__
+        if task_timeout is not None and task_timeout <= 0:
+            raise ValueError(
+                f"task_timeout must be a positive number of seconds, got {task_timeout}"
+            )
+        shipped = self._ship(func)
+        self._dispatcher.claim_call_options(task_timeout)
+        return shipped
 
-    def terminate(self) -> None:
-        """Like :meth:`multiprocessing.pool.Pool.terminate`; also frees shared memory."""
-        super().terminate()
-        self._segments.close()
-
-    def join(self) -> None:
-        """Like :meth:`multiprocessing.pool.Pool.join`; also frees shared memory."""
-        super().join()
-        self._segments.close()
+    def apply(
+        self,
+        func: Callable[..., R],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] = {},
+        *,
+        task_timeout: float | None = None,
+    ) -> R:
+        """``func(*args, **kwds)`` in a worker (see :meth:`multiprocessing.pool.Pool.apply`)."""
+        return self.apply_async(func, args, kwds, task_timeout=task_timeout).get()
 
     def apply_async(
         self,
@@ -193,33 +315,227 @@ class MethodPool(multiprocessing.pool.Pool):
         kwds: Mapping[str, Any] = {},
         callback: Callable[[R], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
-    ) -> multiprocessing.pool.ApplyResult[R]:
+        *,
+        task_timeout: float | None = None,
+    ) -> ApplyResult[R]:
         """Like :meth:`multiprocessing.pool.Pool.apply_async`, for any callable."""
-        self._check_running()
-        return super().apply_async(self._ship(func), args, kwds, callback, error_callback)
-
-    def _map_async(  # type: ignore[no-untyped-def]
-        self, func, iterable, mapper, chunksize=None, callback=None, error_callback=None
-    ):
-        # map, map_async, starmap and starmap_async all come through here.
-        self._check_running()
-        return super()._map_async(  # type: ignore[misc]
-            self._ship(func), iterable, mapper, chunksize, callback, error_callback
+        shipped = self._prepare(func, task_timeout)
+        return multiprocessing.pool.Pool.apply_async(
+            self,
+            shipped,
+            args,
+            kwds,
+            _guarded(callback, "callback"),
+            _guarded(error_callback, "error_callback"),
         )
 
-    def imap(  # type: ignore[override]  # typeshed: IMapIterator, but chunked imap gives a generator
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
-    ) -> Iterator[R]:
-        """Like :meth:`multiprocessing.pool.Pool.imap`, for any callable."""
-        self._check_running()
-        return super().imap(self._ship(func), iterable, chunksize)
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        mapper: Callable[..., Any],
+        chunksize: int | None,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        task_timeout: float | None,
+    ) -> Any:
+        shipped = self._prepare(func, task_timeout)
+        return multiprocessing.pool.Pool._map_async(  # type: ignore[attr-defined]
+            self,
+            shipped,
+            iterable,
+            mapper,
+            chunksize,
+            _guarded(callback, "callback"),
+            _guarded(error_callback, "error_callback"),
+        )
 
-    def imap_unordered(  # type: ignore[override]  # as imap
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
+    def map(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> list[R]:
+        """Like :meth:`multiprocessing.pool.Pool.map`, for any callable."""
+        result = self._map_async(func, iterable, mapstar, chunksize, None, None, task_timeout)
+        return result.get()  # type: ignore[no-any-return]
+
+    def map_async(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        callback: Callable[[list[R]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> MapResult[R]:
+        """Like :meth:`multiprocessing.pool.Pool.map_async`, for any callable."""
+        return self._map_async(  # type: ignore[no-any-return]
+            func, iterable, mapstar, chunksize, callback, error_callback, task_timeout
+        )
+
+    def starmap(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> list[R]:
+        """Like :meth:`multiprocessing.pool.Pool.starmap`, for any callable."""
+        result = self._map_async(func, iterable, starmapstar, chunksize, None, None, task_timeout)
+        return result.get()  # type: ignore[no-any-return]
+
+    def starmap_async(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[R]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> ApplyResult[list[R]]:
+        """Like :meth:`multiprocessing.pool.Pool.starmap_async`, for any callable."""
+        return self._map_async(  # type: ignore[no-any-return]
+            func, iterable, starmapstar, chunksize, callback, error_callback, task_timeout
+        )
+
+    def imap(  # type: ignore[override]
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int = 1,
+        *,
+        task_timeout: float | None = None,
+        buffersize: int | None = None,
     ) -> Iterator[R]:
-        """Like :meth:`multiprocessing.pool.Pool.imap_unordered`, for any callable."""
-        self._check_running()
-        return super().imap_unordered(self._ship(func), iterable, chunksize)
+        """Like :meth:`multiprocessing.pool.Pool.imap`, for any callable.
+
+        ``buffersize=N`` reads at most N tasks (chunks) of ``iterable`` ahead
+        of the results consumed, so an endless or huge input runs in bounded
+        memory; without it, the input is read as fast as tasks can be sent.
+        """
+        return self._imap(
+            multiprocessing.pool.Pool.imap, func, iterable, chunksize, task_timeout, buffersize
+        )
+
+    def imap_unordered(  # type: ignore[override]
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int = 1,
+        *,
+        task_timeout: float | None = None,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        """Like :meth:`multiprocessing.pool.Pool.imap_unordered`, for any callable.
+
+        ``buffersize`` as for :meth:`imap`.
+        """
+        return self._imap(
+            multiprocessing.pool.Pool.imap_unordered,
+            func,
+            iterable,
+            chunksize,
+            task_timeout,
+            buffersize,
+        )
+
+    def _imap(
+        self,
+        stdlib_imap: Callable[..., Any],
+        func: Any,
+        iterable: Iterable[Any],
+        chunksize: int,
+        task_timeout: float | None,
+        buffersize: int | None,
+    ) -> Iterator[Any]:
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError(f"buffersize must be a positive integer, got {buffersize!r}")
+        shipped = self._prepare(func, task_timeout)
+        if buffersize is None:
+            return stdlib_imap(self, shipped, iterable, chunksize)  # type: ignore[no-any-return]
+        return self._buffered_imap(stdlib_imap, shipped, iterable, chunksize, buffersize)
+
+    def _buffered_imap(
+        self,
+        stdlib_imap: Callable[..., Any],
+        func: Any,
+        iterable: Iterable[Any],
+        chunksize: int,
+        buffersize: int,
+    ) -> Iterator[Any]:
+        # The stdlib hands the whole input to the task handler, which reads it
+        # as fast as it can send (gh-64192).  Here the consumer's thread feeds
+        # the task queue: `buffersize` tasks ahead, then one per result taken.
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        result_class = (
+            multiprocessing.pool.IMapIterator
+            if stdlib_imap is multiprocessing.pool.Pool.imap
+            else multiprocessing.pool.IMapUnorderedIterator
+        )
+        result: Any = result_class(self)
+        if chunksize == 1:
+            tasks = self._guarded_task_generation(result._job, func, iterable)  # type: ignore[attr-defined]
+        else:
+            batches = multiprocessing.pool.Pool._get_tasks(func, iterable, chunksize)  # type: ignore[attr-defined]
+            tasks = self._guarded_task_generation(result._job, mapstar, batches)  # type: ignore[attr-defined]
+        submitted = 0
+        exhausted = False
+
+        def feed(count: int) -> None:
+            nonlocal submitted, exhausted
+            if exhausted:
+                return
+            batch = []
+            for task in tasks:
+                batch.append(task)
+                if len(batch) == count:
+                    break
+            else:
+                exhausted = True
+            submitted += len(batch)
+            if batch:
+                self._taskqueue.put((batch, None))
+            if exhausted:
+                result._set_length(submitted)
+
+        feed(buffersize)
+
+        def results() -> Iterator[Any]:
+            for value in result:
+                feed(1)
+                if chunksize == 1:
+                    yield value
+                else:
+                    yield from value
+
+        return results()
+
+    # -- ending ------------------------------------------------------------------
+
+    def terminate(self) -> None:
+        """Like :meth:`multiprocessing.pool.Pool.terminate`, but never hangs.
+
+        Workers that ignore SIGTERM are killed after a grace period; results
+        still pending (``get()``, ``imap`` iterators) fail with
+        :class:`~methodpool.PoolTerminatedError`; shared memory is freed.
+        """
+        super().terminate()
+        fail_pending(self._cache, PoolTerminatedError("the pool was terminated"))
+        self._dispatcher.close()
+        self._segments.close()
+
+    def join(self) -> None:
+        """Like :meth:`multiprocessing.pool.Pool.join`; also frees shared memory."""
+        super().join()
+        self._dispatcher.close()
+        self._segments.close()
 
 
 Pool = MethodPool

@@ -1,9 +1,12 @@
 """The worker trampoline: what runs in each worker process.
 
 It takes the place of ``multiprocessing.pool.worker`` and keeps its contract
-(run the initializer, then take tasks until the sentinel or ``maxtasks``, and
-answer each with ``(job, index, (ok, value))``), with these differences:
+(run the initializer, then take tasks until told to stop or ``maxtasks`` is
+reached, and answer each with ``(job, index, (ok, value))``), with these
+differences:
 
+* tasks arrive, and results leave, on this worker's own channel
+  (:mod:`methodpool._channels`), in order;
 * the task callable may arrive as a :class:`~methodpool._shipping.ShippedCallable`
   (also inside ``mapstar``/``starmapstar`` chunks) and the arguments as a
   :class:`~methodpool._shipping.Payload`; both are opened here;
@@ -12,6 +15,8 @@ answer each with ``(job, index, (ok, value))``), with these differences:
 * an exception that would not survive the trip to the parent is replaced by a
   :class:`~methodpool.RemoteTaskError` that keeps its type name, message and
   traceback text (the stdlib hangs on some of those, gh-79492);
+* an initializer that raises is reported to the parent, which stops the pool
+  from running tasks, instead of the stdlib's endless restarts (gh-87472);
 * SIGINT is ignored: Ctrl-C is the parent's to handle, which terminates the
   workers, instead of every worker printing its own traceback;
 * a worker exits as soon as its parent process dies, even in the middle of a
@@ -30,14 +35,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._backend import (
-    HEADER,
     ExceptionWithTraceback,
-    ResultWriter,
-    TaskReader,
     helper_reraises_exception,
     mapstar,
     starmapstar,
 )
+from ._channels import HEADER, INITIALIZER_FAILED, encode_result, parent_ends
 from ._errors import DeserializationError, RemoteTaskError
 from ._serializers import Serializer
 from ._shipping import Payload, encode, resolve
@@ -118,8 +121,8 @@ def _exit_when_parent_dies() -> None:
 
 
 def run_worker(
-    inqueue: Any,
-    outqueue: Any,
+    tasks: multiprocessing.connection.Connection,
+    results: multiprocessing.connection.Connection,
     initializer: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
     maxtasks: int | None,
@@ -129,21 +132,33 @@ def run_worker(
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the parent's ends of every channel: close them.
+    for conn in list(parent_ends):
+        conn.close()
     _exit_when_parent_dies()
-    next_task = TaskReader(inqueue)
-    send_result = ResultWriter(outqueue, fallback)
     if initializer is not None:
-        resolve(initializer)(*initargs)
+        try:
+            resolve(initializer)(*initargs)
+        except BaseException as exc:
+            results.send_bytes(
+                encode_result(
+                    INITIALIZER_FAILED, 0, False, portable_exception(exc, fallback), fallback
+                )
+            )
+            return
     completed = 0
     while maxtasks is None or completed < maxtasks:
         try:
-            data = next_task()
+            data = tasks.recv_bytes()
         except (EOFError, OSError):
             break
-        if data is None:
+        if len(data) < HEADER.size:
             break
         job, index = HEADER.unpack_from(data)
         ok, value = run_task(data, fallback)
-        send_result(job, index, ok, value)
+        try:
+            results.send_bytes(encode_result(job, index, ok, value, fallback))
+        except OSError:
+            break  # the parent is gone
         del data, value
         completed += 1

@@ -12,7 +12,7 @@ import multiprocessing.queues
 import time
 
 from methodpool import MethodPool
-from methodpool._backend import HEADER, ResultReader, TaskWriter, WorkerFactory
+from methodpool._backend import WorkerFactory
 
 
 def test_pool_starts_workers_through_process_with_the_stdlib_signature() -> None:
@@ -37,8 +37,8 @@ def test_worker_handler_uses_the_instance_process_attribute() -> None:
 
 def test_handler_threads_use_the_quick_put_and_get_set_up_by_setup_queues() -> None:
     with MethodPool(1, context=multiprocessing.get_context("fork")) as pool:
-        assert isinstance(pool._quick_put, TaskWriter)
-        assert isinstance(pool._quick_get, ResultReader)
+        assert pool._quick_put == pool._dispatcher.put
+        assert pool._quick_get == pool._dispatcher.get
         assert pool._task_handler._args[1] is pool._quick_put  # type: ignore[attr-defined]
         assert pool._result_handler._args[1] is pool._quick_get  # type: ignore[attr-defined]
 
@@ -61,20 +61,29 @@ def test_task_and_helper_shapes() -> None:
     assert hasattr(pool_module, "ExceptionWithTraceback")
 
 
-def test_stdlib_sentinels_are_shorter_than_a_frame_header() -> None:
-    from multiprocessing.reduction import ForkingPickler
+def test_pool_terminates_through_its_own_class() -> None:
+    with MethodPool(1, context=multiprocessing.get_context("fork")) as pool:
+        callback = pool._terminate._callback  # type: ignore[attr-defined]
+        assert callback.__func__ is MethodPool._terminate_pool.__func__
 
-    assert len(ForkingPickler.dumps(None)) < HEADER.size
+
+def test_results_register_in_the_pool_cache() -> None:
+    source = inspect.getsource(multiprocessing.pool.ApplyResult.__init__)
+    assert "self._cache[self._job] = self" in source
+    for cls in (multiprocessing.pool.ApplyResult, multiprocessing.pool.MapResult):
+        assert "del self._cache[self._job]" in inspect.getsource(cls._set)
+    iterator = multiprocessing.pool.IMapIterator
+    assert "del self._cache[self._job]" in inspect.getsource(iterator._set_length)
+    assert issubclass(multiprocessing.pool._PoolCache, dict)  # type: ignore[attr-defined]
 
 
-def test_terminate_drains_the_task_pipe_through_the_class() -> None:
+def test_terminate_unblocks_the_task_handler_through_the_class() -> None:
     source = inspect.getsource(multiprocessing.pool.Pool._terminate_pool)
     assert "cls._help_stuff_finish(inqueue, task_handler, len(pool))" in source
 
 
-def test_terminate_with_a_full_task_pipe(start_method: str) -> None:
-    # terminate() empties the task pipe; frames are not plain pickles, so the
-    # stdlib's way of emptying it would raise here.
+def test_terminate_with_many_tasks_queued(start_method: str) -> None:
+    # The task handler is blocked in the dispatcher, waiting for room.
     pool = MethodPool(1, context=multiprocessing.get_context(start_method))
     pool.map_async(time.sleep, [0.2] * 2000, chunksize=1)
     time.sleep(0.3)

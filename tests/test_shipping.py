@@ -35,7 +35,7 @@ def shm_names() -> set[str]:
 
 
 def sent(pool: MethodPool) -> tuple[int, int, int]:
-    writer = pool._quick_put
+    writer = pool._dispatcher
     return writer.frames_written, writer.bytes_written, pool._callables_serialized
 
 

@@ -1,0 +1,542 @@
+"""Per-worker channels: tasks out and results back, nothing shared between workers.
+
+::
+
+    task-handler thread                                    worker k
+      put(task) --> Dispatcher: frame the task; pick  --> tasks pipe k ----> run_worker
+                    the least busy worker with room                              |
+                    (its depth); note (job, i)                                   v
+    result-handler thread
+      get() <------ Dispatcher: wait on all results   <-- results pipe k <-- (ok, value)
+                    pipes; pop the worker's oldest
+                    task; end of file: worker gone
+
+Why not the stdlib's two shared queues: their readers and writers take
+cross-process locks, and a worker that dies holding one (an idle worker holds
+the task pipe's lock while it waits) hangs the whole pool (gh-96062); a worker
+killed while writing corrupts the one stream every result goes through.  Here
+a worker's death closes only its own pipes.  The dispatcher knows what each
+worker holds, so when one dies its running task fails with
+:class:`~methodpool.WorkerLostError` (or :class:`~methodpool.TaskTimeoutError`
+when the dispatcher killed it for overrunning its timeout), and the tasks
+queued behind it, never started, go to other workers.
+
+A worker runs its tasks in the order it receives them, so the oldest task it
+holds is the one running; it started when that task was sent or when the
+previous result arrived, whichever is later.  That is what timeouts count from,
+and what fails when the worker dies.
+
+Depth.  How many tasks a worker holds at once adapts to how long its tasks
+take: about :data:`QUEUED_SECONDS` of work, between :data:`MIN_DEPTH` (one
+running, one waiting, so the worker never idles between tasks) and
+:data:`MAX_DEPTH`.  Tiny tasks thus flow in bursts, as through the stdlib's
+shared pipe, while a slow task holds up at most one other behind it.  The
+task handler is woken only when a worker has drained to half its depth.
+
+Frames.  Both pipes carry ``<job:int64><index:int64><pickle>``.  The header
+is readable even when the pickle is not, so a task or result that cannot be
+loaded fails that one task, by name, instead of killing a worker or the
+result-handler thread.  Task bodies go by plain ``ForkingPickler`` (the
+stdlib's fast path), and by the pool's serializer where that cannot carry
+them.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import math
+import multiprocessing.connection
+import os
+import pickle
+import selectors
+import signal
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+from ._backend import MaybeEncodingError, new_worker_process
+from ._errors import (
+    DeserializationError,
+    InitializerError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+from ._serializers import PICKLE, Serializer
+from ._shipping import Payload, describe, encode
+
+HEADER = struct.Struct("<qq")
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+STOP = b"\0"  # shorter than a header: tells a worker to exit
+INITIALIZER_FAILED = -1  # job number of the frame a worker sends when its initializer raised
+MIN_DEPTH = 2
+MAX_DEPTH = 64
+QUEUED_SECONDS = 0.005
+_REQUEUE = ("requeue",)  # put on the pool's task queue to make the task handler resend
+
+# The parent's ends of every channel; a forked worker closes its copies.
+parent_ends: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def _frame(job: int, index: int, body: Any, pickler: type[pickle.Pickler]) -> memoryview:
+    buf = io.BytesIO()
+    buf.write(HEADER.pack(job, index))
+    pickler(buf, PROTOCOL).dump(body)
+    return buf.getbuffer()
+
+
+def encode_task(
+    task: tuple[int, int, Any, Any, Any],
+    pickler: type[pickle.Pickler],
+    fallback: Sequence[Serializer],
+) -> memoryview:
+    """The frame of a stdlib task tuple.
+
+    Raises :class:`~methodpool.SerializationError` if neither ``pickler`` nor
+    the ``fallback`` serializers can carry its arguments.
+    """
+    job, index, func, args, kwds = task
+    try:
+        return _frame(job, index, (func, args, kwds), pickler)
+    except Exception:
+        boxed = encode(
+            (args, kwds), fallback or (PICKLE,), f"the arguments of task {index}", "args"
+        )
+        return _frame(job, index, (func, boxed, None), ForkingPickler)
+
+
+def encode_result(
+    job: int, index: int, ok: bool, value: Any, fallback: Sequence[Serializer]
+) -> memoryview:
+    """The frame of a task's outcome, whatever ``value`` is.
+
+    Plain pickle first; then the ``fallback`` serializers; if none can carry
+    the value, the task fails with the stdlib's ``MaybeEncodingError``.
+    """
+    try:
+        return _frame(job, index, (ok, value), ForkingPickler)
+    except Exception as exc:
+        try:
+            if not fallback:
+                raise
+            boxed = encode(value, fallback, f"the result of task {index}", "result")
+            return _frame(job, index, (ok, boxed), ForkingPickler)
+        except Exception:
+            wrapped = MaybeEncodingError(exc, describe(value))
+            return _frame(job, index, (False, wrapped), ForkingPickler)
+
+
+def decode_result(data: bytes) -> tuple[int, int, tuple[bool, Any]]:
+    """``(job, index, (ok, value))`` from a result frame; a value that cannot be
+    loaded becomes ``(False, DeserializationError)``."""
+    job, index = HEADER.unpack_from(data)
+    try:
+        ok, value = pickle.loads(memoryview(data)[HEADER.size :])
+        if type(value) is Payload:
+            value = value.load(f"the result of task {index}")
+    except DeserializationError as exc:
+        ok, value = False, exc
+    except Exception as exc:
+        error = DeserializationError(
+            f"could not load the result of task {index} in the parent process: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        ok, value = False, error
+    return job, index, (ok, value)
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "ended its pipe while still running"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+class _Worker:
+    """The parent's view of one worker: its pipes and the tasks it holds."""
+
+    __slots__ = (
+        "depth",
+        "inflight",
+        "kill_reason",
+        "last_result",
+        "process",
+        "received",
+        "results",
+        "sent",
+        "service_time",
+        "tasks",
+    )
+
+    def __init__(self, process: Any, tasks: Connection, results: Connection) -> None:
+        self.process = process
+        self.tasks = tasks  # parent writes
+        self.results = results  # parent reads
+        # (job, index, frame, when sent), oldest (running) first
+        self.inflight: collections.deque[tuple[int, int, memoryview, float]] = collections.deque()
+        self.sent = 0
+        self.received = 0
+        self.kill_reason: tuple[int, int, BaseException] | None = None
+        self.depth = MIN_DEPTH
+        self.service_time = math.inf  # moving average of the time between results
+        self.last_result = time.monotonic()
+
+    def result_arrived(self) -> None:
+        """Update the service time estimate and the depth it allows."""
+        now = time.monotonic()
+        elapsed, self.last_result = now - self.last_result, now
+        if self.service_time == math.inf:
+            self.service_time = elapsed
+        else:
+            self.service_time += 0.2 * (elapsed - self.service_time)
+        depth = int(QUEUED_SECONDS / self.service_time) if self.service_time > 0 else MAX_DEPTH
+        self.depth = max(MIN_DEPTH, min(MAX_DEPTH, depth))
+
+
+class _NeverStarted:
+    """Stands in for a worker the pool must not start (its initializer is broken)."""
+
+    exitcode = None
+    pid = None
+    name = "methodpool-no-worker"
+    daemon = True
+
+    def start(self) -> None:
+        pass
+
+    def terminate(self) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+class Dispatcher:
+    """Parent side of the channels (see the module docstring).
+
+    ``put`` runs in the pool's task-handler thread, ``get`` in its
+    result-handler thread, ``start_worker`` in whichever thread starts
+    workers; the rest of the pool talks to it through :meth:`claim_call_options`
+    and the job hooks.
+    """
+
+    def __init__(
+        self,
+        run_worker: Callable[..., None],
+        fallback: Sequence[Serializer],
+        maxtasks: int | None,
+        task_timeout: float | None,
+    ) -> None:
+        self._run_worker = run_worker
+        self._maxtasks = maxtasks
+        self._fallback = tuple(fallback)
+        self._pickler: type[pickle.Pickler] = ForkingPickler
+        self._cond = threading.Condition()
+        self._workers: dict[Connection, _Worker] = {}
+        self._requeue: collections.deque[tuple[int, int, memoryview, float]] = collections.deque()
+        self._ready: collections.deque[Any] = collections.deque()
+        self._wake_r, self._wake_w = multiprocessing.connection.Pipe(duplex=False)
+        parent_ends.update((self._wake_r, self._wake_w))
+        # Owned by the result-handler thread; other threads hand it new workers
+        # through _joining and wake it through the wake pipe.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._joining: list[_Worker] = []
+        self._stdlib_results: Any = None
+        self._taskqueue: Any = None
+        self._aborted = False
+        self._sender_waiting = False
+        self.broken: InitializerError | None = None
+        self._default_timeout = task_timeout
+        self._job_timeouts: dict[int, float] = {}
+        self._call_options = threading.local()
+        # Counters for tests and benchmarks: what really went down the pipes.
+        self.frames_written = 0
+        self.bytes_written = 0
+
+    def connect(self, outqueue: Any, pickler: type[pickle.Pickler]) -> None:
+        """Wire to the pool's stdlib result queue (for its sentinels) and set the task pickler."""
+        self._stdlib_results = outqueue._reader
+        self._selector.register(self._stdlib_results, selectors.EVENT_READ)
+        self._pickler = pickler
+
+    def attach(self, taskqueue: Any) -> None:
+        """Give the dispatcher the pool's task queue, to ask the task handler to resend."""
+        self._taskqueue = taskqueue
+
+    # -- workers ------------------------------------------------------------
+
+    def start_worker(
+        self, ctx: Any, initializer: Any, initargs: tuple[Any, ...], maxtasks: int | None
+    ) -> Any:
+        """A new, unstarted worker process on a channel of its own."""
+        if self.broken is not None:
+            return _NeverStarted()
+        tasks_r, tasks_w = multiprocessing.connection.Pipe(duplex=False)
+        results_r, results_w = multiprocessing.connection.Pipe(duplex=False)
+        parent_ends.update((tasks_w, results_r))
+        process = None
+
+        def started() -> None:
+            tasks_r.close()
+            results_w.close()
+            worker = _Worker(process, tasks_w, results_r)
+            with self._cond:
+                self._workers[results_r] = worker
+                self._joining.append(worker)
+                self._cond.notify_all()
+            self._wake()
+
+        process = new_worker_process(
+            ctx,
+            self._run_worker,
+            (tasks_r, results_w, initializer, initargs, maxtasks, self._fallback),
+            started,
+        )
+        return process
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"")
+
+    # -- task-handler thread -----------------------------------------------
+
+    def put(self, task: Any) -> None:
+        """Send one stdlib task tuple to a worker; ``None`` stops the workers."""
+        if task is None:
+            self._stop_workers()
+            return
+        if task is _REQUEUE:
+            self._flush_requeue()
+            return
+        if self.broken is not None:
+            raise self.broken
+        frame = encode_task(task, self._pickler, self._fallback)
+        self._flush_requeue()
+        self._send(task[0], task[1], frame)
+
+    def _flush_requeue(self) -> None:
+        while self._requeue:
+            with self._cond:
+                if not self._requeue:
+                    return
+                job, index, frame, _ = self._requeue.popleft()
+            self._send(job, index, frame)
+
+    def _send(self, job: int, index: int, frame: memoryview) -> None:
+        maxtasks = self._maxtasks
+        with self._cond:
+            while True:
+                # Set before looking for room: get() frees room without the
+                # lock, and wakes this thread only if it sees the flag.
+                self._sender_waiting = True
+                if self._aborted or self.broken is not None:
+                    self._sender_waiting = False
+                    if self.broken is not None:
+                        raise self.broken
+                    return
+                worker = None
+                least = MAX_DEPTH
+                for candidate in self._workers.values():
+                    queued = len(candidate.inflight)
+                    if (
+                        queued < candidate.depth
+                        and queued < least
+                        and candidate.kill_reason is None
+                        and (maxtasks is None or candidate.sent < maxtasks)
+                    ):
+                        worker, least = candidate, queued
+                if worker is not None:
+                    break
+                self._cond.wait()
+            self._sender_waiting = False
+            worker.inflight.append((job, index, frame, time.monotonic()))
+            worker.sent += 1
+            self.frames_written += 1
+            self.bytes_written += frame.nbytes
+        # If the worker is gone, get() hands what it held to another.
+        with contextlib.suppress(OSError):
+            worker.tasks.send_bytes(frame)
+
+    def _stop_workers(self) -> None:
+        with self._cond:
+            workers = list(self._workers.values())
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.tasks.send_bytes(STOP)
+
+    def abort(self) -> None:
+        """Stop sending: the pool is terminating (wakes a blocked ``put``)."""
+        with self._cond:
+            self._aborted = True
+            self._requeue.clear()
+            self._cond.notify_all()
+
+    # -- result-handler thread ---------------------------------------------
+
+    def get(self) -> Any:
+        """The next ``(job, index, (ok, value))`` for the pool, or a stdlib sentinel."""
+        while not self._ready:
+            events = self._selector.select(self._seconds_to_next_deadline())
+            if not events:
+                self._kill_overdue()
+            for key, _ in events:
+                conn = key.fileobj
+                if key.data is not None:
+                    self._receive(key.data)
+                elif conn is self._stdlib_results:
+                    self._ready.append(pickle.loads(conn.recv_bytes()))
+                else:
+                    conn.recv_bytes()  # type: ignore[union-attr]
+                    with self._cond:
+                        joining, self._joining = self._joining, []
+                    for worker in joining:
+                        self._selector.register(worker.results, selectors.EVENT_READ, worker)
+        return self._ready.popleft()
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            data = worker.results.recv_bytes()
+        except (EOFError, OSError):
+            self._worker_ended(worker)
+            return
+        job, index = HEADER.unpack_from(data)
+        if job == INITIALIZER_FAILED:
+            self._initializer_failed(decode_result(data)[2][1])
+            return
+        worker.result_arrived()
+        # Only this thread removes from inflight, and deque operations are
+        # atomic: the lock is needed only to wake a waiting sender.
+        inflight = worker.inflight
+        if inflight and inflight[0][0] == job and inflight[0][1] == index:
+            inflight.popleft()
+        worker.received += 1
+        if self._sender_waiting and len(inflight) <= worker.depth // 2:
+            with self._cond:
+                self._cond.notify()
+        self._ready.append(decode_result(data))
+
+    def _worker_ended(self, worker: _Worker) -> None:
+        self._selector.unregister(worker.results)
+        with self._cond:
+            self._workers.pop(worker.results, None)
+            held = list(worker.inflight)
+            worker.inflight.clear()
+            self._cond.notify_all()
+        worker.results.close()
+        worker.tasks.close()
+        worker.process.join(5)
+        if held:  # the oldest was running
+            job, index, *_ = held.pop(0)
+            self._ready.append((job, index, (False, self._loss(worker, job, index))))
+        if held:
+            with self._cond:
+                self._requeue.extendleft(reversed(held))
+            if self._taskqueue is not None:
+                self._taskqueue.put(([_REQUEUE], None))
+
+    def _loss(self, worker: _Worker, job: int, index: int) -> BaseException:
+        if worker.kill_reason is not None and worker.kill_reason[:2] == (job, index):
+            return worker.kill_reason[2]
+        process = worker.process
+        return WorkerLostError(
+            f"worker process {process.pid} {_describe_exit(process.exitcode)} while running "
+            f"task {index} of job {job}; the pool has replaced it"
+        )
+
+    def _initializer_failed(self, error: BaseException) -> None:
+        broken = InitializerError(
+            f"the pool's initializer raised in a worker, so the pool cannot run tasks: {error}"
+        )
+        broken.__cause__ = error
+        with self._cond:
+            self.broken = broken
+            held = [t for w in self._workers.values() for t in w.inflight]
+            held.extend(self._requeue)
+            for worker in self._workers.values():
+                worker.inflight.clear()
+            self._requeue.clear()
+            self._cond.notify_all()
+        for job, index, *_ in held:
+            self._ready.append((job, index, (False, broken)))
+
+    # -- timeouts -------------------------------------------------------------
+
+    def claim_call_options(self, task_timeout: float | None) -> None:
+        """Caller's thread: options for the job this thread registers next."""
+        self._call_options.task_timeout = task_timeout
+
+    def job_started(self, job: int) -> None:
+        timeout = getattr(self._call_options, "task_timeout", None)
+        self._call_options.task_timeout = None
+        timeout = timeout if timeout is not None else self._default_timeout
+        if timeout is not None:
+            with self._cond:
+                self._job_timeouts[job] = timeout
+            self._wake()  # the result thread may be waiting without a deadline
+
+    def job_done(self, job: int) -> None:
+        if self._job_timeouts:
+            with self._cond:
+                self._job_timeouts.pop(job, None)
+
+    def _running(self) -> list[tuple[_Worker, int, int, float]]:
+        # (worker, job, index, deadline) for each task running under a timeout
+        found: list[tuple[_Worker, int, int, float]] = []
+        with self._cond:
+            if not self._job_timeouts:
+                return found
+            for worker in self._workers.values():
+                if worker.inflight:
+                    job, index, _, sent_at = worker.inflight[0]
+                    timeout = self._job_timeouts.get(job)
+                    if timeout is not None:
+                        started = max(sent_at, worker.last_result)
+                        found.append((worker, job, index, started + timeout))
+        return found
+
+    def _seconds_to_next_deadline(self) -> float | None:
+        deadlines = [deadline for *_, deadline in self._running()]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic()) + 0.001
+
+    def _kill_overdue(self) -> None:
+        now = time.monotonic()
+        for worker, job, index, deadline in self._running():
+            if deadline <= now and worker.kill_reason is None:
+                timeout = self._job_timeouts.get(job)
+                worker.kill_reason = (
+                    job,
+                    index,
+                    TaskTimeoutError(
+                        f"task {index} of job {job} ran longer than its task_timeout of "
+                        f"{timeout} s; its worker (pid {worker.process.pid}) was killed and "
+                        "replaced"
+                    ),
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Close the parent's ends of every channel (the pool has stopped)."""
+        with self._cond:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            worker.tasks.close()
+            worker.results.close()
