@@ -22,9 +22,12 @@ when the dispatcher killed it for overrunning its timeout), and the tasks
 queued behind it, never started, go to other workers.
 
 A worker runs its tasks in the order it receives them, so the oldest task it
-holds is the one running; it started when that task was sent or when the
-previous result arrived, whichever is later.  That is what timeouts count from,
-and what fails when the worker dies.
+holds is the one running, if the worker has read it: when a worker dies, the
+bytes still unread in its tasks pipe (``FIONREAD``, which Linux answers for the
+writing end too) tell the tasks it never started, which are resent, from the
+one it was running, which fails.  A running task started when it was sent or
+when the previous result arrived, whichever is later: timeouts count from
+there.
 
 Depth.  How many tasks a worker holds at once adapts to how long its tasks
 take: about :data:`QUEUED_SECONDS` of work, between :data:`MIN_DEPTH` (one
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import io
 import math
 import multiprocessing.connection
@@ -53,6 +57,7 @@ import pickle
 import selectors
 import signal
 import struct
+import termios
 import threading
 import time
 import weakref
@@ -152,6 +157,15 @@ def decode_result(data: bytes) -> tuple[int, int, tuple[bool, Any]]:
     return job, index, (ok, value)
 
 
+def _unread_bytes(conn: Connection) -> int:
+    """Bytes written to ``conn``'s pipe and not read yet (0 if the OS will not say)."""
+    try:
+        answer = fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", answer)[0])
+
+
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "ended its pipe while still running"
@@ -174,9 +188,11 @@ class _Worker:
         "process",
         "received",
         "results",
+        "send_lock",
         "sent",
         "service_time",
         "tasks",
+        "undelivered",
     )
 
     def __init__(self, process: Any, tasks: Connection, results: Connection) -> None:
@@ -188,6 +204,8 @@ class _Worker:
         self.sent = 0
         self.received = 0
         self.kill_reason: tuple[int, int, BaseException] | None = None
+        self.send_lock = threading.Lock()
+        self.undelivered = 0  # sends that failed: the newest entries of inflight
         self.depth = MIN_DEPTH
         self.service_time = math.inf  # moving average of the time between results
         self.last_result = time.monotonic()
@@ -368,9 +386,11 @@ class Dispatcher:
             worker.sent += 1
             self.frames_written += 1
             self.bytes_written += frame.nbytes
-        # If the worker is gone, get() hands what it held to another.
-        with contextlib.suppress(OSError):
-            worker.tasks.send_bytes(frame)
+        with worker.send_lock:
+            try:
+                worker.tasks.send_bytes(frame)
+            except OSError:
+                worker.undelivered += 1  # the worker is gone; get() resends its tasks
 
     def _stop_workers(self) -> None:
         with self._cond:
@@ -437,10 +457,21 @@ class Dispatcher:
             held = list(worker.inflight)
             worker.inflight.clear()
             self._cond.notify_all()
+        with worker.send_lock:  # no send to it is under way any more
+            unread = _unread_bytes(worker.tasks)
+            delivered = len(held) - worker.undelivered
+            worker.tasks.close()
         worker.results.close()
-        worker.tasks.close()
         worker.process.join(5)
-        if held:  # the oldest was running
+        # Delivered tasks whose bytes are still in the pipe never started; so
+        # did one partly read (a worker killed in read() may return first).
+        never_read = 0
+        for _, _, frame, _ in reversed(held[:delivered]):
+            if unread <= 0:
+                break
+            unread -= 4 + frame.nbytes  # Connection frames: 4-byte length + body
+            never_read += 1
+        if delivered - never_read > 0:  # the oldest was running
             job, index, *_ = held.pop(0)
             self._ready.append((job, index, (False, self._loss(worker, job, index))))
         if held:

@@ -75,9 +75,13 @@ def fresh_pool(ctx: multiprocessing.context.BaseContext) -> Iterator[MethodPool]
     pool.join()
 
 
-def children() -> set[int]:
-    """PIDs of this process's live child processes."""
-    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (dead, not yet reaped) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture(autouse=True, scope="session")

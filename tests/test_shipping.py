@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from callables import Affine, module_function
-from conftest import SharedPools
+from conftest import SharedPools, process_alive
 
 from methodpool import MethodPool
 from methodpool._sharedmem import SHARED_MIN_BYTES
@@ -139,16 +139,6 @@ KILLED_PARENT = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes (its parent is gone, init reaps it).
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
-
-
 @pytest.mark.timeout(60)
 def test_killed_parent_leaves_no_workers_and_no_segments(start_method: str, tmp_path: Any) -> None:
     script = tmp_path / "parent.py"
@@ -166,8 +156,8 @@ def test_killed_parent_leaves_no_workers_and_no_segments(start_method: str, tmp_
     parent.wait()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (
-        name in shm_names() or any(_alive(int(pid)) for pid in worker_pids)
+        name in shm_names() or any(process_alive(int(pid)) for pid in worker_pids)
     ):
         time.sleep(0.1)
-    assert not any(_alive(int(pid)) for pid in worker_pids), "orphaned workers"
+    assert not any(process_alive(int(pid)) for pid in worker_pids), "orphaned workers"
     assert name not in shm_names(), "segment left behind"

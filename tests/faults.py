@@ -1,0 +1,46 @@
+"""Task functions that fail in every way a worker process can fail.
+
+Module-level, so workers of every start method can import them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def die_on(x: int, victim: int = 3, how: str = "sigkill") -> int:
+    """``x * x``, except that the worker dies, ``how``, on ``victim``."""
+    if x == victim:
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif how == "exit":
+            os._exit(7)
+        elif how == "segfault":
+            ctypes.string_at(0)
+    return x * x
+
+
+def pid_of_worker(_: object) -> int:
+    time.sleep(0.05)  # so that every worker takes a task
+    return os.getpid()
+
+
+def sleep_then_square(x: float) -> float:
+    time.sleep(x)
+    return x * x
+
+
+def ignore_sigterm_and_sleep(seconds: float) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
+
+
+def failing_initializer() -> None:
+    raise ValueError("no database today")

@@ -1,0 +1,281 @@
+"""Every fault ends in a clear exception in the caller, never a hang.
+
+Each test names the fault it injects; each runs under fork, spawn and
+forkserver.  The stdlib pool hangs on most of them (see docs/faults.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import process_alive
+from faults import (
+    die_on,
+    failing_initializer,
+    ignore_sigterm_and_sleep,
+    pid_of_worker,
+    sleep_then_square,
+    square,
+)
+
+from methodpool import (
+    InitializerError,
+    MethodPool,
+    PoolTerminatedError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+
+SQUARES = [x * x for x in range(10)]
+
+
+def still_works(pool: MethodPool) -> None:
+    assert pool.map(square, range(10)) == SQUARES
+
+
+@pytest.mark.parametrize(
+    ("how", "reported"),
+    [
+        ("sigkill", "killed by SIGKILL"),
+        ("exit", "exited with code 7"),
+        # pytest's faulthandler, inherited by forked workers, may turn the
+        # crash into an exit code.
+        ("segfault", "(killed by SIGSEGV|exited with code)"),
+    ],
+)
+def test_worker_dies_while_running_a_task(fresh_pool: MethodPool, how: str, reported: str) -> None:
+    task = functools.partial(die_on, how=how)
+    results = [fresh_pool.apply_async(task, (x,)) for x in range(10)]
+    for x, result in enumerate(results):
+        if x == 3:
+            with pytest.raises(WorkerLostError, match=rf"{reported} while running task 0 of job"):
+                result.get(timeout=30)
+        else:
+            assert result.get(timeout=30) == x * x  # nothing else is lost
+    still_works(fresh_pool)
+
+
+def test_worker_dies_during_map_fails_only_its_chunk(fresh_pool: MethodPool) -> None:
+    result = fresh_pool.map_async(die_on, range(10), chunksize=1)
+    with pytest.raises(WorkerLostError):
+        result.get(timeout=30)
+    assert list(fresh_pool.imap(square, range(10))) == SQUARES
+
+
+def test_idle_worker_killed_between_calls(fresh_pool: MethodPool) -> None:
+    pids = set(fresh_pool.map(pid_of_worker, range(8), chunksize=1))
+    assert len(pids) == 2
+    os.kill(pids.pop(), signal.SIGKILL)
+    for _ in range(3):
+        still_works(fresh_pool)
+        assert sorted(fresh_pool.imap_unordered(square, range(10))) == SQUARES
+
+
+def test_every_worker_killed_at_once(fresh_pool: MethodPool) -> None:
+    pids = set(fresh_pool.map(pid_of_worker, range(8), chunksize=1))
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    still_works(fresh_pool)
+
+
+def test_initializer_raises(ctx: Any) -> None:
+    started = time.monotonic()
+    with MethodPool(2, initializer=failing_initializer, context=ctx) as pool:
+        with pytest.raises(InitializerError, match="no database today") as info:
+            pool.map(square, range(10))
+        assert isinstance(info.value.__cause__, ValueError)
+        with pytest.raises(InitializerError):  # later calls fail at once
+            pool.apply_async(square, (1,))
+        time.sleep(0.3)
+        assert len([p for p in pool._pool if p.is_alive()]) == 0  # no endless restarts
+    assert time.monotonic() - started < 10
+
+
+def raise_in_callback(_: Any) -> None:
+    raise RuntimeError("callback bug")
+
+
+def test_callback_that_raises_is_logged_and_the_result_delivered(
+    pool: MethodPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="methodpool"):
+        result = pool.apply_async(square, (4,), callback=raise_in_callback)
+        assert result.get(timeout=30) == 16
+        failing = pool.apply_async(die_on, (3,), kwds={"how": "none"}, callback=raise_in_callback)
+        assert failing.get(timeout=30) == 9
+        mapped = pool.map_async(square, [1, 2], error_callback=raise_in_callback)
+        assert mapped.get(timeout=30) == [1, 4]
+    assert "callback" in caplog.text and "callback bug" in caplog.text
+    still_works(pool)
+
+
+def test_terminate_while_imap_is_consumed(ctx: Any) -> None:
+    pool = MethodPool(2, context=ctx)
+    iterator = pool.imap(sleep_then_square, [0.01] * 4 + [30] * 4)
+    assert [next(iterator) for _ in range(4)] == [0.0001] * 4
+    pool.terminate()
+    with pytest.raises(PoolTerminatedError):
+        next(iterator)
+    pool.join()
+
+
+def test_terminate_with_pending_map_result(ctx: Any) -> None:
+    pool = MethodPool(2, context=ctx)
+    result = pool.map_async(sleep_then_square, [30] * 4)
+    applied = pool.apply_async(sleep_then_square, (30,))
+    time.sleep(0.2)
+    pool.terminate()
+    for pending in (result, applied):
+        with pytest.raises(PoolTerminatedError):
+            pending.get(timeout=5)
+
+
+def test_terminate_is_prompt_when_workers_ignore_sigterm(ctx: Any) -> None:
+    pool = MethodPool(2, context=ctx)
+    pool.map_async(ignore_sigterm_and_sleep, [60, 60], chunksize=1)
+    time.sleep(0.5)
+    started = time.monotonic()
+    pool.terminate()
+    pool.join()
+    assert time.monotonic() - started < 5
+    assert not any(p.is_alive() for p in pool._pool)
+
+
+def broken_input() -> Iterator[int]:
+    yield 1
+    yield 2
+    raise OSError("disk on fire")
+
+
+@pytest.mark.parametrize("call", ["map", "imap", "imap_unordered", "imap_buffered"])
+def test_input_generator_raises_midway(pool: MethodPool, call: str) -> None:
+    with pytest.raises(OSError, match="disk on fire"):
+        if call == "map":
+            pool.map(square, broken_input())
+        elif call == "imap_buffered":
+            list(pool.imap(square, broken_input(), buffersize=2))
+        else:
+            list(getattr(pool, call)(square, broken_input()))
+    still_works(pool)
+
+
+def test_task_timeout_fails_only_the_overdue_task(ctx: Any) -> None:
+    with MethodPool(2, context=ctx, task_timeout=0.5) as pool:
+        results = [pool.apply_async(sleep_then_square, (s,)) for s in (0.01, 30, 0.01, 0.02)]
+        with pytest.raises(TaskTimeoutError, match=r"task_timeout of 0\.5 s"):
+            results[1].get(timeout=20)
+        assert [results[i].get(timeout=20) for i in (0, 2, 3)] == [0.0001, 0.0001, 0.0004]
+        still_works(pool)
+
+
+def test_per_call_task_timeout(pool: MethodPool) -> None:
+    outcome = pool.map_async(sleep_then_square, [0.01, 30], chunksize=1, task_timeout=0.5)
+    with pytest.raises(TaskTimeoutError):
+        outcome.get(timeout=20)
+    assert pool.apply(sleep_then_square, (0.2,), task_timeout=5) == pytest.approx(0.04)
+    with pytest.raises(ValueError, match="task_timeout must be a positive"):
+        pool.map(square, [1], task_timeout=0)
+    still_works(pool)
+
+
+def test_buffersize_bounds_how_far_the_input_is_read(pool: MethodPool) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield pulled
+
+    results = pool.imap(square, endless(), buffersize=5)
+    for expected in range(1, 101):
+        assert next(results) == expected * expected
+        assert pulled <= expected + 5
+    chunked = pool.imap_unordered(square, range(1000), chunksize=10, buffersize=3)
+    assert sorted(chunked) == [x * x for x in range(1000)]
+    with pytest.raises(ValueError, match="buffersize must be a positive integer"):
+        pool.imap(square, [1], buffersize=0)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(240)
+def test_soak_a_million_items_each_result_once(shared_pools: Any, start_method: str) -> None:
+    pool = shared_pools.get(start_method)
+    list(pool.imap_unordered(square, range(1000)))  # warm up: fds and memory settle
+    gc.collect()
+    fds_before = _open_fds()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seen = bytearray(1_000_000)
+    results = pool.imap_unordered(square, range(1_000_000), chunksize=100, buffersize=50)
+    for value in results:
+        root = int(value**0.5)
+        assert seen[root] == 0, f"result for {root} delivered twice"
+        seen[root] = 1
+    assert seen.count(1) == 1_000_000
+    gc.collect()
+    assert _open_fds() <= fds_before
+    # ru_maxrss is in KiB on Linux: the parent grew by less than 50 MiB.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 50 * 1024
+
+
+CTRL_C = textwrap.dedent(
+    """
+    import multiprocessing, sys, time
+    from methodpool import MethodPool
+    sys.path.insert(0, sys.argv[2])
+    from faults import sleep_then_square
+
+    if __name__ == "__main__":
+        with MethodPool(2, context=multiprocessing.get_context(sys.argv[1])) as pool:
+            print(*(p.pid for p in pool._pool), flush=True)
+            try:
+                pool.map(sleep_then_square, [30] * 4, chunksize=1)
+            except KeyboardInterrupt:
+                print("interrupted", time.monotonic(), flush=True)
+                raise
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_during_map(start_method: str, tmp_path: Any) -> None:
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C)
+    here = os.path.dirname(__file__)
+    child = subprocess.Popen(
+        [sys.executable, str(script), start_method, here],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal would make
+    )
+    assert child.stdout is not None
+    worker_pids = [int(pid) for pid in child.stdout.readline().split()]
+    time.sleep(1.0)  # the tasks are running
+    sent_at = time.monotonic()
+    os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
+    out, err = child.communicate(timeout=30)
+    interrupted_at = float(out.split()[1])
+    assert interrupted_at - sent_at < 0.5
+    assert child.returncode != 0
+    assert err.count("Traceback") == 1, err  # the parent's, not one per worker
+    assert "KeyboardInterrupt" in err
+    deadline = time.monotonic() + 5
+    while any(process_alive(pid) for pid in worker_pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(process_alive(pid) for pid in worker_pids)
