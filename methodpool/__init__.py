@@ -16,7 +16,7 @@ from ._errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
-from ._pool import MethodPool, Pool
+from ._pool import MethodPool, Pool, TaskResult
 from ._serializers import available_serializers, register_serializer
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "RemoteTaskError",
     "RemoteTraceback",
     "SerializationError",
+    "TaskResult",
     "TaskTimeoutError",
     "WorkerLostError",
     "available_serializers",

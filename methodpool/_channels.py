@@ -281,6 +281,7 @@ class Dispatcher:
         self.broken: InitializerError | None = None
         self._default_timeout = task_timeout
         self._job_timeouts: dict[int, float] = {}
+        self._cancelled: set[int] = set()
         self._call_options = threading.local()
         # Counters for tests and benchmarks: what really went down the pipes.
         self.frames_written = 0
@@ -343,6 +344,9 @@ class Dispatcher:
             return
         if self.broken is not None:
             raise self.broken
+        if task[0] in self._cancelled:
+            self._cancelled.discard(task[0])
+            return
         frame = encode_task(task, self._pickler, self._fallback)
         self._flush_requeue()
         self._send(task[0], task[1], frame)
@@ -474,6 +478,7 @@ class Dispatcher:
         if delivered - never_read > 0:  # the oldest was running
             job, index, *_ = held.pop(0)
             self._ready.append((job, index, (False, self._loss(worker, job, index))))
+        held = [entry for entry in held if entry[0] not in self._cancelled]
         if held:
             with self._cond:
                 self._requeue.extendleft(reversed(held))
@@ -562,6 +567,25 @@ class Dispatcher:
                 )
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.process.pid, signal.SIGKILL)
+
+    # -- cancellation ----------------------------------------------------------
+
+    def cancel(self, job: int, error: BaseException) -> None:
+        """Fail the single-task ``job`` with ``error`` now.
+
+        Not yet sent to a worker: it never runs.  Running: its worker is
+        killed and replaced.  Sent but waiting behind another task in a
+        worker: it may still run, and its result is dropped.
+        """
+        with self._cond:
+            self._cancelled.add(job)
+            for worker in self._workers.values():
+                if worker.inflight and worker.inflight[0][0] == job and worker.kill_reason is None:
+                    worker.kill_reason = (job, worker.inflight[0][1], error)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.process.pid, signal.SIGKILL)
+        self._ready.append((job, 0, (False, error)))
+        self._wake()
 
     def close(self) -> None:
         """Close the parent's ends of every channel (the pool has stopped)."""

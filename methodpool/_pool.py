@@ -48,6 +48,7 @@ import threading
 import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import CancelledError
 from multiprocessing.context import BaseContext
 from multiprocessing.pool import ApplyResult, MapResult
 from multiprocessing.reduction import ForkingPickler
@@ -110,6 +111,38 @@ def _guarded(callback: Callable[[Any], object] | None, kind: str) -> Any:
             logger.exception("%s %r raised; the result is still delivered", kind, callback)
 
     return run
+
+
+class TaskResult(ApplyResult[R]):
+    """What :meth:`MethodPool.apply_async` returns: an ``ApplyResult`` that can be cancelled."""
+
+    def __init__(
+        self,
+        pool: MethodPool,
+        callback: Callable[[R], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        super().__init__(pool, callback, error_callback)
+        self._dispatcher = pool._dispatcher
+
+    def cancel(self) -> bool:
+        """Stop the task; ``get()`` then raises :class:`concurrent.futures.CancelledError`.
+
+        A task still waiting in the pool never runs; a running one has its
+        worker killed and replaced.  (A task already queued in a worker behind
+        another may still run; its result is dropped.)  Returns ``False``,
+        changing nothing, if the result was already there.
+        """
+        if self.ready():
+            return False
+        self._dispatcher.cancel(self._job, CancelledError(f"task of job {self._job} cancelled"))  # type: ignore[attr-defined]
+        return True
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        # Only the result-handler thread sets results; after a cancel, the
+        # task's own outcome may still arrive, and is dropped.
+        if not self.ready():
+            super()._set(i, obj)  # type: ignore[misc]
 
 
 def _check_timeout(task_timeout: float | None) -> None:
@@ -317,17 +350,17 @@ class MethodPool(multiprocessing.pool.Pool):
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
-    ) -> ApplyResult[R]:
-        """Like :meth:`multiprocessing.pool.Pool.apply_async`, for any callable."""
+    ) -> TaskResult[R]:
+        """Like :meth:`multiprocessing.pool.Pool.apply_async`, for any callable.
+
+        The result can also be cancelled (:meth:`TaskResult.cancel`).
+        """
         shipped = self._prepare(func, task_timeout)
-        return multiprocessing.pool.Pool.apply_async(
-            self,
-            shipped,
-            args,
-            kwds,
-            _guarded(callback, "callback"),
-            _guarded(error_callback, "error_callback"),
+        result: TaskResult[R] = TaskResult(
+            self, _guarded(callback, "callback"), _guarded(error_callback, "error_callback")
         )
+        self._taskqueue.put(([(result._job, 0, shipped, args, kwds)], None))  # type: ignore[attr-defined]
+        return result
 
     def _map_async(
         self,
