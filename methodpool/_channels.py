@@ -168,7 +168,7 @@ def _unread_bytes(conn: Connection) -> int:
 
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
-        return "ended its pipe while still running"
+        return "closed its pipes"
     if exitcode < 0:
         try:
             return f"was killed by {signal.Signals(-exitcode).name}"
@@ -419,9 +419,14 @@ class Dispatcher:
             if not events:
                 self._kill_overdue()
             for key, _ in events:
-                conn = key.fileobj
-                if key.data is not None:
-                    self._receive(key.data)
+                conn, data = key.fileobj, key.data
+                if type(data) is _Worker:
+                    self._receive(data)
+                elif data is not None:  # ("exited", worker, job, index): its sentinel
+                    self._selector.unregister(conn)
+                    # Its files close just before it can be reaped: wait that long.
+                    data[1].process.join(1)
+                    self._report_loss(*data[1:])
                 elif conn is self._stdlib_results:
                     self._ready.append(pickle.loads(conn.recv_bytes()))
                 else:
@@ -466,7 +471,6 @@ class Dispatcher:
             delivered = len(held) - worker.undelivered
             worker.tasks.close()
         worker.results.close()
-        worker.process.join(5)
         # Delivered tasks whose bytes are still in the pipe never started; so
         # did one partly read (a worker killed in read() may return first).
         never_read = 0
@@ -477,7 +481,14 @@ class Dispatcher:
             never_read += 1
         if delivered - never_read > 0:  # the oldest was running
             job, index, *_ = held.pop(0)
-            self._ready.append((job, index, (False, self._loss(worker, job, index))))
+            if worker.process.exitcode is None:
+                # Its pipe closed first; say how it ended once it has.
+                sentinel = worker.process.sentinel
+                self._selector.register(
+                    sentinel, selectors.EVENT_READ, ("exited", worker, job, index)
+                )
+            else:
+                self._report_loss(worker, job, index)
         held = [entry for entry in held if entry[0] not in self._cancelled]
         if held:
             with self._cond:
@@ -485,14 +496,16 @@ class Dispatcher:
             if self._taskqueue is not None:
                 self._taskqueue.put(([_REQUEUE], None))
 
-    def _loss(self, worker: _Worker, job: int, index: int) -> BaseException:
+    def _report_loss(self, worker: _Worker, job: int, index: int) -> None:
         if worker.kill_reason is not None and worker.kill_reason[:2] == (job, index):
-            return worker.kill_reason[2]
-        process = worker.process
-        return WorkerLostError(
-            f"worker process {process.pid} {_describe_exit(process.exitcode)} while running "
-            f"task {index} of job {job}; the pool has replaced it"
-        )
+            error = worker.kill_reason[2]
+        else:
+            process = worker.process
+            error = WorkerLostError(
+                f"worker process {process.pid} {_describe_exit(process.exitcode)} while running "
+                f"task {index} of job {job}; the pool has replaced it"
+            )
+        self._ready.append((job, index, (False, error)))
 
     def _initializer_failed(self, error: BaseException) -> None:
         broken = InitializerError(

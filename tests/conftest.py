@@ -11,10 +11,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from methodpool import MethodPool
+from methodpool import MethodPool, _sharedmem
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 SERIALIZERS = ["auto", "pickle", "cloudpickle", "dill"]
@@ -86,8 +87,16 @@ def process_alive(pid: int) -> bool:
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_shm_leftovers() -> Iterator[None]:
-    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    """Every shared memory segment a pool of this session created is gone at its end."""
+    created: list[str] = []
+    original_init = _sharedmem._Segment.__init__
+
+    def recording_init(self: Any, data: bytes) -> None:
+        original_init(self, data)
+        created.append(self.memory.name)
+
+    _sharedmem._Segment.__init__ = recording_init  # type: ignore[method-assign]
     yield
-    if os.path.isdir("/dev/shm"):
-        leaked = {n for n in set(os.listdir("/dev/shm")) - before if n.startswith(("psm_", "mp-"))}
-        assert not leaked, f"shared memory left behind: {sorted(leaked)}"
+    _sharedmem._Segment.__init__ = original_init  # type: ignore[method-assign]
+    leaked = [name for name in created if os.path.exists(f"/dev/shm/{name}")]
+    assert not leaked, f"shared memory left behind: {leaked}"
