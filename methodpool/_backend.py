@@ -18,6 +18,8 @@
   (:func:`abort_dispatch`).
 * ``Pool._terminate_pool`` (a classmethod) is wrapped so that workers which
   ignore SIGTERM are killed after a grace period.
+* ``Process._popen.returncode``: a worker's exit code, read without reaping it
+  (:func:`reaped_exitcode`).
 * ``Pool._cache`` (a ``_PoolCache``) is where every result object registers on
   creation and leaves on completion; :func:`track_jobs` makes it report both
   events.  Result objects' ``_set`` is how a job is given a result; it fails
@@ -110,6 +112,18 @@ class WorkerFactory:
             )
         _inqueue, _outqueue, initializer, initargs, maxtasks, _wrap_exception = args
         return self._start(ctx, initializer, initargs, maxtasks)
+
+
+def reaped_exitcode(process: Any) -> int | None:
+    """``process``'s exit code if some thread has reaped it, else ``None``.
+
+    Unlike ``process.exitcode`` it does not reap: two threads reaping the same
+    forkserver worker race for its exit status (one reads it from the
+    forkserver's pipe, the other gets end of file and reports 255), and the
+    pool's worker handler thread already reaps every worker.
+    """
+    popen = getattr(process, "_popen", None)
+    return None if popen is None else popen.returncode
 
 
 def abort_dispatch(inqueue: Any) -> None:

@@ -66,7 +66,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from ._backend import MaybeEncodingError, new_worker_process
+from ._backend import MaybeEncodingError, new_worker_process, reaped_exitcode
 from ._errors import (
     DeserializationError,
     InitializerError,
@@ -80,6 +80,9 @@ HEADER = struct.Struct("<qq")
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 STOP = b"\0"  # shorter than a header: tells a worker to exit
 INITIALIZER_FAILED = -1  # job number of the frame a worker sends when its initializer raised
+# How often, and how long, to look for a dead worker's exit code.
+_REAP_POLL = 0.005
+_REAP_WAIT = 2.0
 MIN_DEPTH = 2
 MAX_DEPTH = 64
 QUEUED_SECONDS = 0.005
@@ -274,6 +277,9 @@ class Dispatcher:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._joining: list[_Worker] = []
+        # Dead workers whose running task is still to be reported: (worker,
+        # job, index, report without an exit code after this time).
+        self._dying: list[tuple[_Worker, int, int, float]] = []
         self._stdlib_results: Any = None
         self._taskqueue: Any = None
         self._aborted = False
@@ -415,18 +421,18 @@ class Dispatcher:
     def get(self) -> Any:
         """The next ``(job, index, (ok, value))`` for the pool, or a stdlib sentinel."""
         while not self._ready:
-            events = self._selector.select(self._seconds_to_next_deadline())
+            timeout = self._seconds_to_next_deadline()
+            if self._dying:
+                timeout = min(timeout or _REAP_POLL, _REAP_POLL)
+            events = self._selector.select(timeout)
+            if self._dying:
+                self._report_reaped()
             if not events:
                 self._kill_overdue()
             for key, _ in events:
                 conn, data = key.fileobj, key.data
                 if type(data) is _Worker:
                     self._receive(data)
-                elif data is not None:  # ("exited", worker, job, index): its sentinel
-                    self._selector.unregister(conn)
-                    # Its files close just before it can be reaped: wait that long.
-                    data[1].process.join(1)
-                    self._report_loss(*data[1:])
                 elif conn is self._stdlib_results:
                     self._ready.append(pickle.loads(conn.recv_bytes()))
                 else:
@@ -481,14 +487,9 @@ class Dispatcher:
             never_read += 1
         if delivered - never_read > 0:  # the oldest was running
             job, index, *_ = held.pop(0)
-            if worker.process.exitcode is None:
-                # Its pipe closed first; say how it ended once it has.
-                sentinel = worker.process.sentinel
-                self._selector.register(
-                    sentinel, selectors.EVENT_READ, ("exited", worker, job, index)
-                )
-            else:
-                self._report_loss(worker, job, index)
+            # Its pipes close before it can be reaped: report it once the
+            # pool's worker handler has reaped it and its exit code is known.
+            self._dying.append((worker, job, index, time.monotonic() + _REAP_WAIT))
         held = [entry for entry in held if entry[0] not in self._cancelled]
         if held:
             with self._cond:
@@ -496,16 +497,22 @@ class Dispatcher:
             if self._taskqueue is not None:
                 self._taskqueue.put(([_REQUEUE], None))
 
-    def _report_loss(self, worker: _Worker, job: int, index: int) -> None:
-        if worker.kill_reason is not None and worker.kill_reason[:2] == (job, index):
-            error = worker.kill_reason[2]
-        else:
-            process = worker.process
-            error = WorkerLostError(
-                f"worker process {process.pid} {_describe_exit(process.exitcode)} while running "
-                f"task {index} of job {job}; the pool has replaced it"
-            )
-        self._ready.append((job, index, (False, error)))
+    def _report_reaped(self) -> None:
+        now = time.monotonic()
+        for entry in list(self._dying):
+            worker, job, index, give_up_at = entry
+            exitcode = reaped_exitcode(worker.process)
+            if exitcode is None and now < give_up_at:
+                continue
+            self._dying.remove(entry)
+            if worker.kill_reason is not None and worker.kill_reason[:2] == (job, index):
+                error = worker.kill_reason[2]
+            else:
+                error = WorkerLostError(
+                    f"worker process {worker.process.pid} {_describe_exit(exitcode)} while "
+                    f"running task {index} of job {job}; the pool has replaced it"
+                )
+            self._ready.append((job, index, (False, error)))
 
     def _initializer_failed(self, error: BaseException) -> None:
         broken = InitializerError(

@@ -99,8 +99,11 @@ def test_initializer_raises(ctx: Any) -> None:
         assert isinstance(info.value.__cause__, ValueError)
         with pytest.raises(InitializerError):  # later calls fail at once
             pool.apply_async(square, (1,))
-        time.sleep(0.3)
-        assert len([p for p in pool._pool if p.is_alive()]) == 0  # no endless restarts
+        deadline = time.monotonic() + 5
+        while any(p.is_alive() for p in pool._pool) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert not any(p.is_alive() for p in pool._pool)  # and no endless restarts
     assert time.monotonic() - started < 10
 
 
