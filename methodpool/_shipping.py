@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import reprlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -69,15 +70,23 @@ class Payload:
 class ShippedCallable:
     """A task callable in serialized form; calling it loads it (once per process)."""
 
-    __slots__ = ("key", "label", "payload")
+    __slots__ = ("_wire", "key", "label", "payload")
 
     def __init__(self, key: bytes, label: str, payload: Payload) -> None:
         self.key = key
         self.label = label
         self.payload = payload
+        self._wire: bytes | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ShippedCallable, (self.key, self.label, self.payload))
+        # Every task carries its callable, so this runs once per task: pickle
+        # the parts once, and let the receiving side skip them when it has
+        # already loaded this key (see _arrive).
+        if self._wire is None:
+            self._wire = self.key + pickle.dumps(
+                (self.label, self.payload), pickle.HIGHEST_PROTOCOL
+            )
+        return (_arrive, (self._wire,))
 
     def __repr__(self) -> str:
         return f"<ShippedCallable {self.label} via {self.payload.serializer!r}>"
@@ -102,7 +111,20 @@ class ShippedCallable:
 # Callables loaded in this process, most recently used last.  Bounded, so a
 # long-lived worker serving many different callables does not grow forever.
 _LOADED_MAX = 32
+_KEY_BYTES = 16
 _loaded: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
+
+
+def _arrive(wire: bytes) -> Any:
+    # Unpickling a ShippedCallable: the loaded callable itself if this process
+    # has it, else a ShippedCallable to be resolved (and its errors reported)
+    # by the task that uses it.
+    key = wire[:_KEY_BYTES]
+    func = _loaded.get(key)
+    if func is not None:
+        return func
+    label, payload = pickle.loads(wire[_KEY_BYTES:])
+    return ShippedCallable(key, label, payload)
 
 
 def resolve(func: Any) -> Any:
@@ -159,5 +181,5 @@ def ship_callable(func: Any, chain: Iterable[Serializer]) -> ShippedCallable:
     label = describe(func)
     root = getattr(func, "__qualname__", None) or type(func).__qualname__
     payload = encode(func, chain, label, root)
-    key = hashlib.blake2b(payload.data, digest_size=16).digest()  # type: ignore[arg-type]
+    key = hashlib.blake2b(payload.data, digest_size=_KEY_BYTES).digest()  # type: ignore[arg-type]
     return ShippedCallable(key, label, payload)
