@@ -16,14 +16,18 @@ from ._errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
-from ._pool import MethodPool, Pool, TaskResult
+from ._pool import MethodPool, Pool
+from ._results import ListResult, ResultIterator, TaskResult
 from ._serializers import available_serializers, register_serializer
+from ._stats import CallStats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CallStats",
     "DeserializationError",
     "InitializerError",
+    "ListResult",
     "MaybeEncodingError",
     "MethodPool",
     "Pool",
@@ -31,6 +35,7 @@ __all__ = [
     "PoolUsedInWorkerError",
     "RemoteTaskError",
     "RemoteTraceback",
+    "ResultIterator",
     "SerializationError",
     "TaskResult",
     "TaskTimeoutError",

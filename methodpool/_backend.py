@@ -21,8 +21,8 @@
 * ``Process._popen.returncode``: a worker's exit code, read without reaping it
   (:func:`reaped_exitcode`).
 * ``Pool._cache`` (a ``_PoolCache``) is where every result object registers on
-  creation and leaves on completion; :func:`track_jobs` makes it report both
-  events.  Result objects' ``_set`` is how a job is given a result; it fails
+  creation and leaves on completion; :func:`track_jobs` makes it report
+  completions.  Result objects' ``_set`` is how a job is given a result; it fails
   pending jobs when the pool is terminated (:func:`fail_pending`).
 
 ``tests/test_backend.py`` pins each of these on every supported version.
@@ -57,6 +57,9 @@ RemoteTraceback = _stdlib_pool.RemoteTraceback
 ApplyResult = _stdlib_pool.ApplyResult
 MapResult = _stdlib_pool.MapResult
 IMapIterator = _stdlib_pool.IMapIterator
+IMapUnorderedIterator = _stdlib_pool.IMapUnorderedIterator
+guarded_task_generation = _stdlib_pool.Pool._guarded_task_generation
+get_tasks = _stdlib_pool.Pool._get_tasks
 
 
 # What to run once a worker process has started, in the parent: close the
@@ -134,25 +137,19 @@ def abort_dispatch(inqueue: Any) -> None:
 
 
 class _TrackedCache(_stdlib_pool._PoolCache):  # type: ignore[misc]
-    _on_start: Callable[[int], None]
     _on_done: Callable[[int], None]
-
-    def __setitem__(self, job: int, result: Any) -> None:
-        super().__setitem__(job, result)
-        self._on_start(job)
 
     def __delitem__(self, job: int) -> None:
         super().__delitem__(job)
         self._on_done(job)
 
 
-def track_jobs(cache: Any, on_start: Callable[[int], None], on_done: Callable[[int], None]) -> None:
-    """Make the pool's job cache call ``on_start(job)`` and ``on_done(job)``.
+def track_jobs(cache: Any, on_done: Callable[[int], None]) -> None:
+    """Make the pool's job cache call ``on_done(job)`` when a job completes.
 
     The cache object is shared with the pool's threads, so it is changed in
     place (its class), not replaced.
     """
-    cache._on_start = on_start
     cache._on_done = on_done
     cache.__class__ = _TrackedCache
 

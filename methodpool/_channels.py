@@ -75,6 +75,7 @@ from ._errors import (
 )
 from ._serializers import PICKLE, Serializer
 from ._shipping import Payload, describe, encode
+from ._stats import StatsCollector
 
 HEADER = struct.Struct("<qq")
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -251,8 +252,7 @@ class Dispatcher:
 
     ``put`` runs in the pool's task-handler thread, ``get`` in its
     result-handler thread, ``start_worker`` in whichever thread starts
-    workers; the rest of the pool talks to it through :meth:`claim_call_options`
-    and the job hooks.
+    workers; the pool registers each call's job with :meth:`job_started`.
     """
 
     def __init__(
@@ -288,7 +288,7 @@ class Dispatcher:
         self._default_timeout = task_timeout
         self._job_timeouts: dict[int, float] = {}
         self._cancelled: set[int] = set()
-        self._call_options = threading.local()
+        self._job_stats: dict[int, StatsCollector] = {}
         # Counters for tests and benchmarks: what really went down the pipes.
         self.frames_written = 0
         self.bytes_written = 0
@@ -396,6 +396,9 @@ class Dispatcher:
             worker.sent += 1
             self.frames_written += 1
             self.bytes_written += frame.nbytes
+            stats = self._job_stats.get(job)
+            if stats is not None:
+                stats.task_sent(frame.nbytes)
         with worker.send_lock:
             try:
                 worker.tasks.send_bytes(frame)
@@ -453,6 +456,11 @@ class Dispatcher:
         if job == INITIALIZER_FAILED:
             self._initializer_failed(decode_result(data)[2][1])
             return
+        stats = self._job_stats.get(job)
+        inflight = worker.inflight
+        if stats is not None and inflight:
+            started = max(inflight[0][3], worker.last_result)
+            stats.task_done(index, time.monotonic() - started)
         worker.result_arrived()
         # Only this thread removes from inflight, and deque operations are
         # atomic: the lock is needed only to wake a waiting sender.
@@ -532,20 +540,19 @@ class Dispatcher:
 
     # -- timeouts -------------------------------------------------------------
 
-    def claim_call_options(self, task_timeout: float | None) -> None:
-        """Caller's thread: options for the job this thread registers next."""
-        self._call_options.task_timeout = task_timeout
-
-    def job_started(self, job: int) -> None:
-        timeout = getattr(self._call_options, "task_timeout", None)
-        self._call_options.task_timeout = None
-        timeout = timeout if timeout is not None else self._default_timeout
+    def job_started(self, job: int, task_timeout: float | None, stats: StatsCollector) -> None:
+        """Caller's thread, before the job's tasks are queued: its timeout and statistics."""
+        self._job_stats[job] = stats
+        timeout = task_timeout if task_timeout is not None else self._default_timeout
         if timeout is not None:
             with self._cond:
                 self._job_timeouts[job] = timeout
             self._wake()  # the result thread may be waiting without a deadline
 
     def job_done(self, job: int) -> None:
+        stats = self._job_stats.pop(job, None)
+        if stats is not None:
+            stats.finish()
         if self._job_timeouts:
             with self._cond:
                 self._job_timeouts.pop(job, None)

@@ -38,6 +38,7 @@ serializers are :mod:`methodpool._serializers`; which private hooks of
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import multiprocessing.pool
@@ -45,12 +46,11 @@ import os
 import signal
 import sys
 import threading
+import time
 import types
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import CancelledError
+from collections.abc import Callable, Iterable, Mapping, Sized
 from multiprocessing.context import BaseContext
-from multiprocessing.pool import ApplyResult, MapResult
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -58,12 +58,16 @@ from ._backend import (
     WorkerFactory,
     abort_dispatch,
     fail_pending,
+    get_tasks,
+    guarded_task_generation,
     mapstar,
     starmapstar,
     track_jobs,
 )
 from ._channels import Dispatcher
 from ._errors import InitializerError, PoolTerminatedError
+from ._progress import ProgressSpec, progress_bar
+from ._results import ListResult, OrderedResults, ResultIterator, TaskResult, UnorderedResults
 from ._serializers import (
     AUTO,
     SupportsDumpsLoads,
@@ -73,6 +77,7 @@ from ._serializers import (
 )
 from ._sharedmem import SHARED_MIN_BYTES, SegmentRegistry
 from ._shipping import Payload, ShippedCallable, describe, ship_callable
+from ._stats import CallStats, StatsCollector
 from ._worker import run_worker
 
 T = TypeVar("T")
@@ -113,36 +118,8 @@ def _guarded(callback: Callable[[Any], object] | None, kind: str) -> Any:
     return run
 
 
-class TaskResult(ApplyResult[R]):
-    """What :meth:`MethodPool.apply_async` returns: an ``ApplyResult`` that can be cancelled."""
-
-    def __init__(
-        self,
-        pool: MethodPool,
-        callback: Callable[[R], object] | None,
-        error_callback: Callable[[BaseException], object] | None,
-    ) -> None:
-        super().__init__(pool, callback, error_callback)
-        self._dispatcher = pool._dispatcher
-
-    def cancel(self) -> bool:
-        """Stop the task; ``get()`` then raises :class:`concurrent.futures.CancelledError`.
-
-        A task still waiting in the pool never runs; a running one has its
-        worker killed and replaced.  (A task already queued in a worker behind
-        another may still run; its result is dropped.)  Returns ``False``,
-        changing nothing, if the result was already there.
-        """
-        if self.ready():
-            return False
-        self._dispatcher.cancel(self._job, CancelledError(f"task of job {self._job} cancelled"))  # type: ignore[attr-defined]
-        return True
-
-    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
-        # Only the result-handler thread sets results; after a cancel, the
-        # task's own outcome may still arrive, and is dropped.
-        if not self.ready():
-            super()._set(i, obj)  # type: ignore[misc]
+def _label(func: Any) -> str:
+    return str(getattr(func, "__qualname__", type(func).__qualname__))
 
 
 def _check_timeout(task_timeout: float | None) -> None:
@@ -238,6 +215,7 @@ class MethodPool(multiprocessing.pool.Pool):
             # Inline, never in shared memory: every worker start needs it.
             initializer = self._ship(initializer, share=False)
         self._segments = SegmentRegistry()
+        self._recent_stats: collections.deque[StatsCollector] = collections.deque(maxlen=64)
         # Unlink the segments when the pool is collected or the interpreter
         # exits without terminate() or join() (which unlink them too).
         weakref.finalize(self, self._segments.close)
@@ -245,15 +223,11 @@ class MethodPool(multiprocessing.pool.Pool):
         self._dispatcher.attach(self._taskqueue)
         segments, dispatcher = self._segments, self._dispatcher
 
-        def job_started(job: int) -> None:
-            segments.job_started(job)
-            dispatcher.job_started(job)
-
         def job_done(job: int) -> None:
             segments.job_done(job)
             dispatcher.job_done(job)
 
-        track_jobs(self._cache, job_started, job_done)
+        track_jobs(self._cache, job_done)
 
     @property
     def serializer(self) -> str:
@@ -316,19 +290,45 @@ class MethodPool(multiprocessing.pool.Pool):
             )
         return shipped
 
-    def _prepare(self, func: Any, task_timeout: float | None) -> Any:
+    def _prepare(
+        self, method: str, func: Any, items: int | None, task_timeout: float | None
+    ) -> tuple[Any, StatsCollector]:
         """Checks and shipping common to every call, in the caller's thread."""
         self._check_running()
         broken = self._dispatcher.broken
         if broken is not None:
             raise InitializerError(*broken.args) from broken.__cause__
-        if task_timeout is not None and task_timeout <= 0:
-            raise ValueError(
-                f"task_timeout must be a positive number of seconds, got {task_timeout}"
-            )
+        _check_timeout(task_timeout)
+        stats = StatsCollector(method, items)
+        started = time.perf_counter()
         shipped = self._ship(func)
-        self._dispatcher.claim_call_options(task_timeout)
-        return shipped
+        stats.serialize_seconds = time.perf_counter() - started
+        if type(shipped) is ShippedCallable:
+            data = shipped.payload.data
+            stats.callable_bytes = len(data) if isinstance(data, bytes) else data.size
+        self._recent_stats.append(stats)
+        return shipped, stats
+
+    def _submit(
+        self,
+        result: Any,
+        shipped: Any,
+        stats: StatsCollector,
+        task_timeout: float | None,
+        tasks: Iterable[Any] | None,
+        set_length: Callable[[int], None] | None = None,
+    ) -> None:
+        """Register the job, then queue its tasks (``None``: the caller feeds them)."""
+        if type(shipped) is ShippedCallable and not isinstance(shipped.payload.data, bytes):
+            self._segments.attach(result._job, shipped.key)
+        self._dispatcher.job_started(result._job, task_timeout, stats)
+        if tasks is not None:
+            self._taskqueue.put((tasks, set_length))
+
+    def stats(self) -> list[CallStats]:
+        """Statistics of this pool's recent calls (up to 64), oldest first."""
+        workers = self._processes  # type: ignore[attr-defined]
+        return [collector.snapshot(workers) for collector in list(self._recent_stats)]
 
     def apply(
         self,
@@ -350,20 +350,23 @@ class MethodPool(multiprocessing.pool.Pool):
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressSpec = None,
     ) -> TaskResult[R]:
         """Like :meth:`multiprocessing.pool.Pool.apply_async`, for any callable.
 
-        The result can also be cancelled (:meth:`TaskResult.cancel`).
+        The result is also awaitable, and can be cancelled (:class:`TaskResult`).
         """
-        shipped = self._prepare(func, task_timeout)
+        shipped, stats = self._prepare("apply_async", func, 1, task_timeout)
+        bar = progress_bar(progress, 1, _label(func))
         result: TaskResult[R] = TaskResult(
-            self, _guarded(callback, "callback"), _guarded(error_callback, "error_callback")
+            self, _guarded(callback, "callback"), _guarded(error_callback, "error_callback"), bar
         )
-        self._taskqueue.put(([(result._job, 0, shipped, args, kwds)], None))  # type: ignore[attr-defined]
+        self._submit(result, shipped, stats, task_timeout, [(result._job, 0, shipped, args, kwds)])
         return result
 
     def _map_async(
         self,
+        method: str,
         func: Callable[..., Any],
         iterable: Iterable[Any],
         mapper: Callable[..., Any],
@@ -371,17 +374,32 @@ class MethodPool(multiprocessing.pool.Pool):
         callback: Callable[[Any], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         task_timeout: float | None,
-    ) -> Any:
-        shipped = self._prepare(func, task_timeout)
-        return multiprocessing.pool.Pool._map_async(  # type: ignore[attr-defined]
+        progress: ProgressSpec,
+    ) -> ListResult[Any]:
+        # multiprocessing.pool.Pool._map_async, with methodpool's result class.
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        length = len(iterable)  # type: ignore[arg-type]
+        shipped, stats = self._prepare(method, func, length, task_timeout)
+        if chunksize is None:
+            chunksize, extra = divmod(length, len(self._pool) * 4)
+            if extra:
+                chunksize += 1
+        if length == 0:
+            chunksize = 0
+        bar = progress_bar(progress, length, _label(func))
+        result: ListResult[Any] = ListResult(
             self,
-            shipped,
-            iterable,
-            mapper,
             chunksize,
+            length,
             _guarded(callback, "callback"),
             _guarded(error_callback, "error_callback"),
+            bar,
         )
+        batches = get_tasks(shipped, iterable, chunksize)
+        tasks = guarded_task_generation(self, result._job, mapper, batches)
+        self._submit(result, shipped, stats, task_timeout, tasks)
+        return result
 
     def map(
         self,
@@ -390,10 +408,12 @@ class MethodPool(multiprocessing.pool.Pool):
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressSpec = None,
     ) -> list[R]:
         """Like :meth:`multiprocessing.pool.Pool.map`, for any callable."""
-        result = self._map_async(func, iterable, mapstar, chunksize, None, None, task_timeout)
-        return result.get()  # type: ignore[no-any-return]
+        return self._map_async(
+            "map", func, iterable, mapstar, chunksize, None, None, task_timeout, progress
+        ).get()
 
     def map_async(
         self,
@@ -404,10 +424,19 @@ class MethodPool(multiprocessing.pool.Pool):
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
-    ) -> MapResult[R]:
-        """Like :meth:`multiprocessing.pool.Pool.map_async`, for any callable."""
-        return self._map_async(  # type: ignore[no-any-return]
-            func, iterable, mapstar, chunksize, callback, error_callback, task_timeout
+        progress: ProgressSpec = None,
+    ) -> ListResult[R]:
+        """Like :meth:`multiprocessing.pool.Pool.map_async`, for any callable; awaitable."""
+        return self._map_async(
+            "map_async",
+            func,
+            iterable,
+            mapstar,
+            chunksize,
+            callback,
+            error_callback,
+            task_timeout,
+            progress,
         )
 
     def starmap(
@@ -417,10 +446,12 @@ class MethodPool(multiprocessing.pool.Pool):
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressSpec = None,
     ) -> list[R]:
         """Like :meth:`multiprocessing.pool.Pool.starmap`, for any callable."""
-        result = self._map_async(func, iterable, starmapstar, chunksize, None, None, task_timeout)
-        return result.get()  # type: ignore[no-any-return]
+        return self._map_async(
+            "starmap", func, iterable, starmapstar, chunksize, None, None, task_timeout, progress
+        ).get()
 
     def starmap_async(
         self,
@@ -431,10 +462,19 @@ class MethodPool(multiprocessing.pool.Pool):
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
-    ) -> ApplyResult[list[R]]:
-        """Like :meth:`multiprocessing.pool.Pool.starmap_async`, for any callable."""
-        return self._map_async(  # type: ignore[no-any-return]
-            func, iterable, starmapstar, chunksize, callback, error_callback, task_timeout
+        progress: ProgressSpec = None,
+    ) -> ListResult[R]:
+        """Like :meth:`multiprocessing.pool.Pool.starmap_async`, for any callable; awaitable."""
+        return self._map_async(
+            "starmap_async",
+            func,
+            iterable,
+            starmapstar,
+            chunksize,
+            callback,
+            error_callback,
+            task_timeout,
+            progress,
         )
 
     def imap(  # type: ignore[override]
@@ -445,15 +485,17 @@ class MethodPool(multiprocessing.pool.Pool):
         *,
         task_timeout: float | None = None,
         buffersize: int | None = None,
-    ) -> Iterator[R]:
+        progress: ProgressSpec = None,
+    ) -> ResultIterator[R]:
         """Like :meth:`multiprocessing.pool.Pool.imap`, for any callable.
 
         ``buffersize=N`` reads at most N tasks (chunks) of ``iterable`` ahead
         of the results consumed, so an endless or huge input runs in bounded
         memory; without it, the input is read as fast as tasks can be sent.
+        The iterator is also an async iterator (``async for``).
         """
         return self._imap(
-            multiprocessing.pool.Pool.imap, func, iterable, chunksize, task_timeout, buffersize
+            "imap", OrderedResults, func, iterable, chunksize, task_timeout, buffersize, progress
         )
 
     def imap_unordered(  # type: ignore[override]
@@ -464,91 +506,53 @@ class MethodPool(multiprocessing.pool.Pool):
         *,
         task_timeout: float | None = None,
         buffersize: int | None = None,
-    ) -> Iterator[R]:
+        progress: ProgressSpec = None,
+    ) -> ResultIterator[R]:
         """Like :meth:`multiprocessing.pool.Pool.imap_unordered`, for any callable.
 
-        ``buffersize`` as for :meth:`imap`.
+        ``buffersize`` and async iteration as for :meth:`imap`.
         """
         return self._imap(
-            multiprocessing.pool.Pool.imap_unordered,
+            "imap_unordered",
+            UnorderedResults,
             func,
             iterable,
             chunksize,
             task_timeout,
             buffersize,
+            progress,
         )
 
     def _imap(
         self,
-        stdlib_imap: Callable[..., Any],
+        method: str,
+        result_class: type[ResultIterator[Any]],
         func: Any,
         iterable: Iterable[Any],
         chunksize: int,
         task_timeout: float | None,
         buffersize: int | None,
-    ) -> Iterator[Any]:
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
-            raise ValueError(f"buffersize must be a positive integer, got {buffersize!r}")
-        shipped = self._prepare(func, task_timeout)
-        if buffersize is None:
-            return stdlib_imap(self, shipped, iterable, chunksize)  # type: ignore[no-any-return]
-        return self._buffered_imap(stdlib_imap, shipped, iterable, chunksize, buffersize)
-
-    def _buffered_imap(
-        self,
-        stdlib_imap: Callable[..., Any],
-        func: Any,
-        iterable: Iterable[Any],
-        chunksize: int,
-        buffersize: int,
-    ) -> Iterator[Any]:
-        # The stdlib hands the whole input to the task handler, which reads it
-        # as fast as it can send (gh-64192).  Here the consumer's thread feeds
-        # the task queue: `buffersize` tasks ahead, then one per result taken.
+        progress: ProgressSpec,
+    ) -> ResultIterator[Any]:
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        result_class = (
-            multiprocessing.pool.IMapIterator
-            if stdlib_imap is multiprocessing.pool.Pool.imap
-            else multiprocessing.pool.IMapUnorderedIterator
-        )
-        result: Any = result_class(self)
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError(f"buffersize must be a positive integer, got {buffersize!r}")
+        length = len(iterable) if isinstance(iterable, Sized) else None
+        shipped, stats = self._prepare(method, func, length, task_timeout)
+        bar = progress_bar(progress, length, _label(func))
+        result = result_class(self, chunksize, bar)  # type: ignore[call-arg]
         if chunksize == 1:
-            tasks = self._guarded_task_generation(result._job, func, iterable)  # type: ignore[attr-defined]
+            tasks = guarded_task_generation(self, result._job, shipped, iterable)
         else:
-            batches = multiprocessing.pool.Pool._get_tasks(func, iterable, chunksize)  # type: ignore[attr-defined]
-            tasks = self._guarded_task_generation(result._job, mapstar, batches)  # type: ignore[attr-defined]
-        submitted = 0
-        exhausted = False
-
-        def feed(count: int) -> None:
-            nonlocal submitted, exhausted
-            if exhausted:
-                return
-            batch = []
-            for task in tasks:
-                batch.append(task)
-                if len(batch) == count:
-                    break
-            else:
-                exhausted = True
-            submitted += len(batch)
-            if batch:
-                self._taskqueue.put((batch, None))
-            if exhausted:
-                result._set_length(submitted)
-
-        feed(buffersize)
-
-        def results() -> Iterator[Any]:
-            for value in result:
-                feed(1)
-                if chunksize == 1:
-                    yield value
-                else:
-                    yield from value
-
-        return results()
+            batches = get_tasks(shipped, iterable, chunksize)
+            tasks = guarded_task_generation(self, result._job, mapstar, batches)
+        if buffersize is None:
+            self._submit(result, shipped, stats, task_timeout, tasks, result._set_length)
+            return result
+        self._submit(result, shipped, stats, task_timeout, None)
+        result.feed(tasks, buffersize, self._taskqueue)
+        return result
 
     # -- ending ------------------------------------------------------------------
 

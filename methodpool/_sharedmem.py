@@ -50,13 +50,14 @@ class SharedBytes:
 
 
 class _Segment:
-    __slots__ = ("jobs", "memory", "ref")
+    __slots__ = ("jobs", "memory", "ref", "reserved")
 
     def __init__(self, data: bytes) -> None:
         self.memory = shared_memory.SharedMemory(create=True, size=len(data))
         self.memory.buf[: len(data)] = data  # type: ignore[index]
         self.ref = SharedBytes(self.memory.name, len(data))
         self.jobs: set[int] = set()
+        self.reserved = True  # shared for a call whose job is not attached yet
 
     def unlink(self) -> None:
         self.memory.close()
@@ -66,17 +67,15 @@ class _Segment:
 class SegmentRegistry:
     """Parent side: the pool's segments, by content key, and the jobs using each.
 
-    :meth:`share` is called by the caller's thread while it submits a call; the
-    job that call creates next, in the same thread, claims the segment
-    (:meth:`job_started`).  :meth:`job_done` is called when a job leaves the
-    pool's cache, from whichever thread completes it.
+    :meth:`share` is called by the caller's thread while it prepares a call,
+    and :meth:`attach` once the call's job exists; :meth:`job_done` when a job
+    leaves the pool's cache, from whichever thread completes it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._segments: OrderedDict[bytes, _Segment] = OrderedDict()
         self._by_job: dict[int, _Segment] = {}
-        self._unclaimed = threading.local()
         self.segments_created = 0  # for tests and benchmarks
 
     def share(self, key: bytes, data: bytes) -> SharedBytes:
@@ -86,16 +85,17 @@ class SegmentRegistry:
             if segment is None:
                 segment = self._segments[key] = _Segment(data)
                 self.segments_created += 1
+            segment.reserved = True
             self._segments.move_to_end(key)
-            self._unclaimed.segment = segment
             self._trim()
         return segment.ref
 
-    def job_started(self, job: int) -> None:
-        segment = getattr(self._unclaimed, "segment", None)
-        if segment is not None:
-            self._unclaimed.segment = None
-            with self._lock:
+    def attach(self, job: int, key: bytes) -> None:
+        """``job`` uses the segment of ``key`` (shared for it) until :meth:`job_done`."""
+        with self._lock:
+            segment = self._segments.get(key)
+            if segment is not None:
+                segment.reserved = False
                 segment.jobs.add(job)
                 self._by_job[job] = segment
 
@@ -107,11 +107,9 @@ class SegmentRegistry:
                 self._trim()
 
     def _trim(self) -> None:
-        idle = [key for key, segment in self._segments.items() if not segment.jobs]
-        unclaimed = getattr(self._unclaimed, "segment", None)
+        idle = [key for key, s in self._segments.items() if not s.jobs and not s.reserved]
         for key in idle[: max(0, len(idle) - _IDLE_MAX)]:
-            if self._segments[key] is not unclaimed:
-                self._segments.pop(key).unlink()
+            self._segments.pop(key).unlink()
 
     def names(self) -> list[str]:
         """Names of the segments that exist now."""

@@ -1,0 +1,247 @@
+"""The result objects MethodPool's methods return.
+
+Each is the stdlib's own class (``ApplyResult``, ``MapResult``,
+``IMapIterator``, ``IMapUnorderedIterator``), so ``get``, ``wait``, ``ready``,
+``successful`` and ``next(timeout)`` behave exactly as in
+``multiprocessing.pool``, with additions:
+
+* ``await result`` and ``async for item in iterator`` wait without blocking the
+  event loop: the pool's result-handler thread, which delivers every outcome
+  (``_set``), wakes the waiting coroutines with ``loop.call_soon_threadsafe``;
+* a progress bar (``progress=``) advances by the items each outcome completes;
+* :meth:`TaskResult.cancel`;
+* chunked ``imap`` returns the iterator itself (flattening chunks), not a
+  generator, so it keeps ``next(timeout)`` and async iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import multiprocessing
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import CancelledError
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._backend import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from ._progress import Progress
+
+if TYPE_CHECKING:
+    from ._pool import MethodPool
+
+T = TypeVar("T")
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Observed:
+    """Wakes coroutines waiting on this result; drives its progress bar."""
+
+    def _observe(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters_lock = threading.Lock()
+
+    def _waiter(self) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._waiters_lock:
+            self._waiters.append((loop, future))
+        return future
+
+    def _advance(self, items: int) -> None:
+        # Before the stdlib's _set makes the outcome visible: once get()
+        # returns, the bar shows it.
+        if self._progress is not None:
+            self._progress.advance(items)
+
+    def _delivered(self, complete: bool) -> None:
+        if self._progress is not None and complete:
+            self._progress.close()
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_settle, future)
+
+
+class _Awaitable(_Observed, Generic[T]):
+    if TYPE_CHECKING:  # provided by the stdlib result class mixed in
+
+        def ready(self) -> bool: ...
+
+        def get(self, timeout: float | None = None) -> T: ...
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """Wait for the result without blocking the event loop; raise as ``get()``."""
+        while not self.ready():
+            future = self._waiter()
+            if not self.ready():
+                yield from future.__await__()
+        return self.get(0)
+
+
+class TaskResult(_Awaitable[T], ApplyResult):  # type: ignore[misc]
+    """What :meth:`MethodPool.apply_async` returns: an awaitable, cancellable ``ApplyResult``."""
+
+    def __init__(
+        self,
+        pool: MethodPool,
+        callback: Callable[[T], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        progress: Progress | None,
+    ) -> None:
+        self._observe(progress)
+        self._dispatcher = pool._dispatcher
+        ApplyResult.__init__(self, pool, callback, error_callback)
+
+    def cancel(self) -> bool:
+        """Stop the task; ``get()`` then raises :class:`concurrent.futures.CancelledError`.
+
+        A task still waiting in the pool never runs; a running one has its
+        worker killed and replaced.  (A task already queued in a worker behind
+        another may still run; its result is dropped.)  Returns ``False``,
+        changing nothing, if the result was already there.
+        """
+        if self.ready():
+            return False
+        self._dispatcher.cancel(self._job, CancelledError(f"task of job {self._job} cancelled"))
+        return True
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        # After a cancel, the task's own outcome may still arrive: dropped.
+        if not self.ready():
+            self._advance(1)
+            ApplyResult._set(self, i, obj)
+            self._delivered(complete=True)
+
+
+class ListResult(_Awaitable[list[T]], MapResult):  # type: ignore[misc]
+    """What ``map_async`` and ``starmap_async`` return: an awaitable ``MapResult``."""
+
+    def __init__(
+        self,
+        pool: MethodPool,
+        chunksize: int,
+        length: int,
+        callback: Callable[[list[T]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        progress: Progress | None,
+    ) -> None:
+        self._observe(progress)
+        self._items = length
+        MapResult.__init__(self, pool, chunksize, length, callback, error_callback=error_callback)
+        if length == 0 and progress is not None:
+            progress.close()
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        ok, value = obj
+        self._advance(len(value) if ok else min(self._chunksize, self._items - i * self._chunksize))
+        MapResult._set(self, i, obj)
+        self._delivered(complete=self.ready())
+
+
+class ResultIterator(_Observed, Generic[T]):
+    """What :meth:`MethodPool.imap` and ``imap_unordered`` return.
+
+    An iterator like the stdlib's (``next(timeout)`` included), also for
+    chunked calls, and an async iterator.
+    """
+
+    _base: type[Any]
+    if TYPE_CHECKING:  # provided by the stdlib iterator class mixed in
+        _job: int
+        _index: int
+        _length: int | None
+
+    def _start(self, pool: MethodPool, chunksize: int, progress: Progress | None) -> None:
+        self._observe(progress)
+        self._chunksize = chunksize
+        self._chunk: collections.deque[T] = collections.deque()
+        self._feeding: Iterator[Any] | None = None
+        self._base.__init__(self, pool)
+
+    def feed(self, tasks: Iterable[Any], ahead: int, taskqueue: Any) -> None:
+        """Queue ``ahead`` of ``tasks`` now, then one more per task result taken.
+
+        This is ``buffersize``: the consumer's own thread reads the input, at
+        its own pace.  Once the tasks run out, the iterator learns its length.
+        """
+        self._feeding = iter(tasks)
+        self._taskqueue = taskqueue
+        self._fed = 0
+        self._top_up(ahead)
+
+    def _top_up(self, count: int) -> None:
+        if self._feeding is None:
+            return
+        batch = list(itertools.islice(self._feeding, count))
+        self._fed += len(batch)
+        if batch:
+            self._taskqueue.put((batch, None))
+        if len(batch) < count:
+            self._feeding = None
+            self._set_length(self._fed)
+
+    def _complete(self) -> bool:
+        return self._index == self._length
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        ok, value = obj
+        self._advance(1 if self._chunksize == 1 else (len(value) if ok else self._chunksize))
+        self._base._set(self, i, obj)
+        self._delivered(complete=self._complete())
+
+    def _set_length(self, length: int) -> None:
+        self._base._set_length(self, length)
+        self._delivered(complete=self._complete())
+
+    def __iter__(self) -> ResultIterator[T]:
+        return self
+
+    def next(self, timeout: float | None = None) -> T:
+        """The next result; ``multiprocessing.TimeoutError`` if none arrives in ``timeout``."""
+        if self._chunksize == 1:
+            item = self._base.next(self, timeout)
+            self._top_up(1)
+            return item  # type: ignore[no-any-return]
+        while not self._chunk:
+            chunk = self._base.next(self, timeout)
+            self._top_up(1)
+            self._chunk.extend(chunk)
+        return self._chunk.popleft()
+
+    __next__ = next
+
+    def __aiter__(self) -> ResultIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while True:
+            future = self._waiter()
+            try:
+                return self.next(0)
+            except StopIteration:
+                raise StopAsyncIteration from None
+            except multiprocessing.TimeoutError:
+                await future
+
+
+class OrderedResults(ResultIterator[T], IMapIterator):  # type: ignore[misc]
+    _base = IMapIterator
+
+    def __init__(self, pool: MethodPool, chunksize: int, progress: Progress | None) -> None:
+        self._start(pool, chunksize, progress)
+
+
+class UnorderedResults(ResultIterator[T], IMapUnorderedIterator):  # type: ignore[misc]
+    _base = IMapUnorderedIterator
+
+    def __init__(self, pool: MethodPool, chunksize: int, progress: Progress | None) -> None:
+        self._start(pool, chunksize, progress)
