@@ -16,6 +16,7 @@ from ._errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
+from ._patch import patch, unpatch
 from ._pool import MethodPool, Pool
 from ._results import ListResult, ResultIterator, TaskResult
 from ._serializers import available_serializers, register_serializer
@@ -41,5 +42,7 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerLostError",
     "available_serializers",
+    "patch",
     "register_serializer",
+    "unpatch",
 ]
