@@ -44,9 +44,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
-    session.install("-e", ".", "mypy>=1.10")
+    """mypy --strict on the package, and on a typed example of its use."""
+    session.install("-e", ".[progress]", "mypy>=1.10")
     session.run("mypy")
+    session.run("mypy", "--strict", "examples/typed_usage.py")
 
 
 @nox.session(python="3.11")
