@@ -35,7 +35,7 @@ def main() -> None:
         async def gather() -> list[int]:
             squares = [y async for y in pool.imap(lambda x: x * x, range(5))]
             first: float = await pool.apply_async(scorer.score, (2,))
-            return squares + [int(first)]
+            return [*squares, int(first)]
 
         awaited: list[int] = asyncio.run(gather())
         stats: CallStats = pool.stats()[-1]
