@@ -1,18 +1,24 @@
 """``python -m methodpool demo``: every Pool method with callables the stdlib refuses.
 
 Runs under spawn (the default on macOS, Windows and, from Python 3.14, Linux),
-where nothing is inherited and every callable must really travel.
+where nothing is inherited and every callable must really travel; then shows a
+progress bar, the statistics of a call, a dead worker that costs one task, and
+what the stdlib pool says to the same callables.
 """
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import multiprocessing.pool
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ._errors import WorkerLostError
 from ._pool import MethodPool
 
 
@@ -30,6 +36,12 @@ class Scorer:
 
     def score_all(self, xs: list[int]) -> list[int]:
         return self.pool.map(self.score, xs)
+
+
+def _die_on_three(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
 
 
 def _stdlib_verdict(func: Callable[[int], Any]) -> str:
@@ -102,6 +114,29 @@ def run(out: Callable[[str], object] = print) -> None:
             if result != expected:
                 raise AssertionError(f"{method} with {kind}: got {result!r}, expected {expected!r}")
             out(f"{method:<15} {kind:<50} {result!r}")
+
+        out("\nA progress bar, per item, and the statistics of that call:")
+        try:
+            bar = io.StringIO()
+            pool.map(scorer.score, range(2000), chunksize=50, progress={"file": bar, "ncols": 70})
+            out("  " + bar.getvalue().strip().split("\r")[-1])
+        except ImportError as exc:  # tqdm is an optional extra
+            out(f"  (no bar: {exc})")
+            pool.map(scorer.score, range(2000), chunksize=50)
+        stats = pool.stats()[-1]
+        out(
+            f"  {stats.items} items in {stats.tasks} tasks, {stats.wall_seconds * 1000:.0f} ms; "
+            f"callable serialized once ({stats.callable_bytes} bytes, "
+            f"{stats.serialize_seconds * 1000:.1f} ms); {stats.bytes_sent} bytes of tasks sent"
+        )
+
+        out("\nA worker killed mid-task costs that task only:")
+        outcomes = [pool.apply_async(_die_on_three, (x,)) for x in range(6)]
+        for x, outcome in enumerate(outcomes):
+            try:
+                out(f"  task {x}: {outcome.get(timeout=30)}")
+            except WorkerLostError as exc:
+                out(f"  task {x}: WorkerLostError: {exc}")
     out("\nThe same callables in multiprocessing.Pool (spawn):")
     for kind, func in (("bound method", scorer.score), ("lambda", add_offset)):
         out(f"  {kind:<14} {_stdlib_verdict(func)}")

@@ -1,0 +1,30 @@
+"""``python -m methodpool demo`` (the README's main job) and ``doctor``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.timeout(120)
+def test_demo_runs_every_method_and_reports() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "methodpool", "demo"], capture_output=True, text=True, timeout=100
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for method in ("map", "imap_unordered", "starmap_async", "apply_async"):
+        assert f"\n{method} " in out
+    assert "2000/2000" in out and "2000 items in 40 tasks" in out
+    assert "task 3: WorkerLostError" in out and "task 4: 4" in out
+    assert "bound method   fails" in out
+
+
+def test_doctor_lists_serializers() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "methodpool", "doctor"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "serializers    ['auto', 'pickle', 'cloudpickle', 'dill']" in result.stdout
