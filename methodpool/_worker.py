@@ -25,6 +25,7 @@ differences:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -133,8 +134,14 @@ def run_worker(
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A forked worker inherits the parent's ends of every channel: close them.
+    # The fork may have caught another parent thread mid-close, so a
+    # connection may claim a descriptor that is gone, or that now is one of
+    # this worker's own.
+    own = {tasks.fileno(), results.fileno()}
     for conn in list(parent_ends):
-        conn.close()
+        with contextlib.suppress(OSError):
+            if conn.fileno() not in own:
+                conn.close()
     _exit_when_parent_dies()
     if initializer is not None:
         try:
