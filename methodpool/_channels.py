@@ -26,8 +26,8 @@ holds is the one running, if the worker has read it: when a worker dies, the
 bytes still unread in its tasks pipe (``FIONREAD``, which Linux answers for the
 writing end too) tell the tasks it never started, which are resent, from the
 one it was running, which fails.  A running task started when it was sent or
-when the previous result arrived, whichever is later: timeouts count from
-there.
+when the previous result arrived (or the worker said it was ready), whichever
+is later: timeouts count from there, not from a new worker's start-up.
 
 Depth.  How many tasks a worker holds at once adapts to how long its tasks
 take: about :data:`QUEUED_SECONDS` of work, between :data:`MIN_DEPTH` (one
@@ -81,6 +81,7 @@ HEADER = struct.Struct("<qq")
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 STOP = b"\0"  # shorter than a header: tells a worker to exit
 INITIALIZER_FAILED = -1  # job number of the frame a worker sends when its initializer raised
+WORKER_READY = -2  # job number of the frame a worker sends once it is ready for tasks
 # How often, and how long, to look for a dead worker's exit code.
 _REAP_POLL = 0.005
 _REAP_WAIT = 2.0
@@ -190,6 +191,7 @@ class _Worker:
         "kill_reason",
         "last_result",
         "process",
+        "ready",
         "received",
         "results",
         "send_lock",
@@ -210,6 +212,7 @@ class _Worker:
         self.kill_reason: tuple[int, int, BaseException] | None = None
         self.send_lock = threading.Lock()
         self.undelivered = 0  # sends that failed: the newest entries of inflight
+        self.ready = False  # it has started up (and run the initializer)
         self.depth = MIN_DEPTH
         self.service_time = math.inf  # moving average of the time between results
         self.last_result = time.monotonic()
@@ -453,6 +456,10 @@ class Dispatcher:
             self._worker_ended(worker)
             return
         job, index = HEADER.unpack_from(data)
+        if job == WORKER_READY:
+            worker.ready = True
+            worker.last_result = time.monotonic()
+            return
         if job == INITIALIZER_FAILED:
             self._initializer_failed(decode_result(data)[2][1])
             return
@@ -564,7 +571,7 @@ class Dispatcher:
             if not self._job_timeouts:
                 return found
             for worker in self._workers.values():
-                if worker.inflight:
+                if worker.inflight and worker.ready:
                     job, index, _, sent_at = worker.inflight[0]
                     timeout = self._job_timeouts.get(job)
                     if timeout is not None:

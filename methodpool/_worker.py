@@ -41,7 +41,7 @@ from ._backend import (
     mapstar,
     starmapstar,
 )
-from ._channels import HEADER, INITIALIZER_FAILED, encode_result, parent_ends
+from ._channels import HEADER, INITIALIZER_FAILED, WORKER_READY, encode_result, parent_ends
 from ._errors import DeserializationError, RemoteTaskError
 from ._serializers import Serializer
 from ._shipping import Payload, encode, resolve
@@ -147,12 +147,10 @@ def run_worker(
         try:
             resolve(initializer)(*initargs)
         except BaseException as exc:
-            results.send_bytes(
-                encode_result(
-                    INITIALIZER_FAILED, 0, False, portable_exception(exc, fallback), fallback
-                )
-            )
+            error = portable_exception(exc, fallback)
+            results.send_bytes(encode_result(INITIALIZER_FAILED, 0, False, error, fallback))
             return
+    results.send_bytes(HEADER.pack(WORKER_READY, 0))
     completed = 0
     while maxtasks is None or completed < maxtasks:
         try:
