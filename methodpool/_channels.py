@@ -94,18 +94,20 @@ _REQUEUE = ("requeue",)  # put on the pool's task queue to make the task handler
 parent_ends: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
-def _frame(job: int, index: int, body: Any, pickler: type[pickle.Pickler]) -> memoryview:
+def _frame(job: int, index: int, body: Any, pickler: type[pickle.Pickler]) -> bytes:
     buf = io.BytesIO()
     buf.write(HEADER.pack(job, index))
     pickler(buf, PROTOCOL).dump(body)
-    return buf.getbuffer()
+    # bytes, not getbuffer(): a frame may wait in a queue or be garbage
+    # collected at any time, and a BytesIO with a live export must not be.
+    return buf.getvalue()
 
 
 def encode_task(
     task: tuple[int, int, Any, Any, Any],
     pickler: type[pickle.Pickler],
     fallback: Sequence[Serializer],
-) -> memoryview:
+) -> bytes:
     """The frame of a stdlib task tuple.
 
     Raises :class:`~methodpool.SerializationError` if neither ``pickler`` nor
@@ -123,7 +125,7 @@ def encode_task(
 
 def encode_result(
     job: int, index: int, ok: bool, value: Any, fallback: Sequence[Serializer]
-) -> memoryview:
+) -> bytes:
     """The frame of a task's outcome, whatever ``value`` is.
 
     Plain pickle first; then the ``fallback`` serializers; if none can carry
@@ -206,7 +208,7 @@ class _Worker:
         self.tasks = tasks  # parent writes
         self.results = results  # parent reads
         # (job, index, frame, when sent), oldest (running) first
-        self.inflight: collections.deque[tuple[int, int, memoryview, float]] = collections.deque()
+        self.inflight: collections.deque[tuple[int, int, bytes, float]] = collections.deque()
         self.sent = 0
         self.received = 0
         self.kill_reason: tuple[int, int, BaseException] | None = None
@@ -271,7 +273,7 @@ class Dispatcher:
         self._pickler: type[pickle.Pickler] = ForkingPickler
         self._cond = threading.Condition()
         self._workers: dict[Connection, _Worker] = {}
-        self._requeue: collections.deque[tuple[int, int, memoryview, float]] = collections.deque()
+        self._requeue: collections.deque[tuple[int, int, bytes, float]] = collections.deque()
         self._ready: collections.deque[Any] = collections.deque()
         self._wake_r, self._wake_w = multiprocessing.connection.Pipe(duplex=False)
         parent_ends.update((self._wake_r, self._wake_w))
@@ -368,7 +370,7 @@ class Dispatcher:
                 job, index, frame, _ = self._requeue.popleft()
             self._send(job, index, frame)
 
-    def _send(self, job: int, index: int, frame: memoryview) -> None:
+    def _send(self, job: int, index: int, frame: bytes) -> None:
         maxtasks = self._maxtasks
         with self._cond:
             while True:
@@ -398,10 +400,10 @@ class Dispatcher:
             worker.inflight.append((job, index, frame, time.monotonic()))
             worker.sent += 1
             self.frames_written += 1
-            self.bytes_written += frame.nbytes
+            self.bytes_written += len(frame)
             stats = self._job_stats.get(job)
             if stats is not None:
-                stats.task_sent(frame.nbytes)
+                stats.task_sent(len(frame))
         with worker.send_lock:
             try:
                 worker.tasks.send_bytes(frame)
@@ -498,7 +500,7 @@ class Dispatcher:
         for _, _, frame, _ in reversed(held[:delivered]):
             if unread <= 0:
                 break
-            unread -= 4 + frame.nbytes  # Connection frames: 4-byte length + body
+            unread -= 4 + len(frame)  # Connection frames: 4-byte length + body
             never_read += 1
         if delivered - never_read > 0:  # the oldest was running
             job, index, *_ = held.pop(0)
