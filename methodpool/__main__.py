@@ -1,12 +1,15 @@
-"""Command line: ``python -m methodpool demo | doctor``."""
+"""Command line: ``python -m methodpool demo | bench | doctor``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import multiprocessing
 import platform
 import sys
+import tempfile
+from pathlib import Path
 
 
 def doctor() -> None:
@@ -27,10 +30,30 @@ def doctor() -> None:
         print(f"  {package:<12} {version}")
 
 
+def bench(options: list[str]) -> None:
+    """The benchmark suite's quick run; its table goes to standard output."""
+    try:
+        # Not a package dependency: the suite lives in the repository only.
+        run_suite = importlib.import_module("benchmarks.__main__").main
+    except ImportError:
+        raise SystemExit(
+            "python -m methodpool bench runs the benchmark suite of a source checkout: "
+            "run it from the repository root, after pip install -e '.[bench]'"
+        ) from None
+    with tempfile.TemporaryDirectory() as report_dir:
+        run_suite(["--quick", "--output-dir", report_dir, *options])
+        print(Path(report_dir, "benchmarks.md").read_text())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m methodpool")
-    parser.add_argument("command", choices=["demo", "doctor"])
-    args = parser.parse_args(argv)
+    parser.add_argument("command", choices=["demo", "bench", "doctor"])
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        bench(rest)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
         from ._demo import run
 
