@@ -3,9 +3,16 @@
 Bound methods, lambdas, closures, nested and interactively defined functions
 travel to the workers through a pluggable serializer; everything else is the
 standard library's ``Pool``.  Importing methodpool changes no global state.
+
+The pool and its result classes are imported on first use (PEP 562): every
+worker process imports this package, and a light import is a faster start.
 """
 
-from ._backend import MaybeEncodingError, RemoteTraceback
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     DeserializationError,
     InitializerError,
@@ -16,13 +23,46 @@ from ._errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
-from ._patch import patch, unpatch
-from ._pool import MethodPool, Pool
-from ._results import ListResult, ResultIterator, TaskResult
-from ._serializers import available_serializers, register_serializer
-from ._stats import CallStats
+
+if TYPE_CHECKING:
+    from ._backend import MaybeEncodingError, RemoteTraceback
+    from ._patch import patch, unpatch
+    from ._pool import MethodPool, Pool
+    from ._results import ListResult, ResultIterator, TaskResult
+    from ._serializers import available_serializers, register_serializer
+    from ._stats import CallStats
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "CallStats": "._stats",
+    "ListResult": "._results",
+    "MaybeEncodingError": "._backend",
+    "MethodPool": "._pool",
+    "Pool": "._pool",
+    "RemoteTraceback": "._backend",
+    "ResultIterator": "._results",
+    "TaskResult": "._results",
+    "available_serializers": "._serializers",
+    "patch": "._patch",
+    "register_serializer": "._serializers",
+    "unpatch": "._patch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'methodpool' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CallStats",

@@ -16,7 +16,6 @@ Each is the stdlib's own class (``ApplyResult``, ``MapResult``,
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import itertools
@@ -30,6 +29,8 @@ from ._backend import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResul
 from ._progress import Progress
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._pool import MethodPool
 
 T = TypeVar("T")
@@ -49,6 +50,8 @@ class _Observed:
         self._waiters_lock = threading.Lock()
 
     def _waiter(self) -> asyncio.Future[None]:
+        import asyncio  # only coroutines call this; workers need not import asyncio
+
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._waiters_lock:
