@@ -70,11 +70,12 @@ from ._backend import MaybeEncodingError, new_worker_process, reaped_exitcode
 from ._errors import (
     DeserializationError,
     InitializerError,
+    SerializationError,
     TaskTimeoutError,
     WorkerLostError,
 )
-from ._serializers import PICKLE, Serializer
-from ._shipping import Payload, describe, encode
+from ._serializers import Serializer
+from ._shipping import Payload, encode
 from ._stats import StatsCollector
 
 HEADER = struct.Struct("<qq")
@@ -111,15 +112,24 @@ def encode_task(
     """The frame of a stdlib task tuple.
 
     Raises :class:`~methodpool.SerializationError` if neither ``pickler`` nor
-    the ``fallback`` serializers can carry its arguments.
+    the ``fallback`` serializers can carry its arguments; without fallback
+    (``serializer="pickle"``), the pickler's own error, as the stdlib does.
     """
     job, index, func, args, kwds = task
     try:
         return _frame(job, index, (func, args, kwds), pickler)
     except Exception:
-        boxed = encode(
-            (args, kwds), fallback or (PICKLE,), f"the arguments of task {index}", "args"
-        )
+        if not fallback:
+            raise  # serializer="pickle": the stdlib's own error
+        what = f"the arguments of task {index}"
+        chain = fallback
+        try:
+            boxed = encode((args, kwds), chain, what, "args")
+        except SerializationError:
+            # Say which argument failed, not where it sits in (args, kwds).
+            encode(args, chain, what, "args")
+            encode(kwds, chain, what, "kwds")
+            raise
         return _frame(job, index, (func, boxed, None), ForkingPickler)
 
 
@@ -140,7 +150,7 @@ def encode_result(
             boxed = encode(value, fallback, f"the result of task {index}", "result")
             return _frame(job, index, (ok, boxed), ForkingPickler)
         except Exception:
-            wrapped = MaybeEncodingError(exc, describe(value))
+            wrapped = MaybeEncodingError(exc, value)  # as the stdlib: repr(value)
             return _frame(job, index, (False, wrapped), ForkingPickler)
 
 

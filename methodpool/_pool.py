@@ -382,7 +382,9 @@ class MethodPool(multiprocessing.pool.Pool):
         length = len(iterable)  # type: ignore[arg-type]
         shipped, stats = self._prepare(method, func, length, task_timeout)
         if chunksize is None:
-            chunksize, extra = divmod(length, len(self._pool) * 4)
+            # The configured size, not len(self._pool): that is 0 for a moment
+            # while exited workers (maxtasksperchild) are replaced.
+            chunksize, extra = divmod(length, self._processes * 4)  # type: ignore[attr-defined]
             if extra:
                 chunksize += 1
         if length == 0:

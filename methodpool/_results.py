@@ -168,6 +168,7 @@ class ResultIterator(_Observed, Generic[T]):
         self._chunksize = chunksize
         self._chunk: collections.deque[T] = collections.deque()
         self._feeding: Iterator[Any] | None = None
+        self._ended_by_error = False
         self._base.__init__(self, pool)
 
     def feed(self, tasks: Iterable[Any], ahead: int, taskqueue: Any) -> None:
@@ -214,8 +215,18 @@ class ResultIterator(_Observed, Generic[T]):
             item = self._base.next(self, timeout)
             self._top_up(1)
             return item  # type: ignore[no-any-return]
+        # The stdlib's chunked imap is a generator, which ends once it has
+        # raised: after a failed chunk, so does this.
+        if self._ended_by_error:
+            raise StopIteration
         while not self._chunk:
-            chunk = self._base.next(self, timeout)
+            try:
+                chunk = self._base.next(self, timeout)
+            except multiprocessing.TimeoutError:
+                raise
+            except Exception:
+                self._ended_by_error = True
+                raise
             self._top_up(1)
             self._chunk.extend(chunk)
         return self._chunk.popleft()
