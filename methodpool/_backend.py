@@ -159,6 +159,9 @@ def fail_pending(cache: Any, error: BaseException) -> None:
     for result in list(cache.values()):
         failure = (False, error)
         if isinstance(result, IMapIterator):
+            stop_feeding = getattr(result, "stop_feeding", None)
+            if stop_feeding is not None:
+                stop_feeding()  # buffersize: read no more input
             # The next result the consumer waits for fails; the iteration ends there.
             with result._cond:
                 index = result._index

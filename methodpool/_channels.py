@@ -174,6 +174,13 @@ def decode_result(data: bytes) -> tuple[int, int, tuple[bool, Any]]:
     return job, index, (ok, value)
 
 
+def _length_prefix(size: int) -> bytes:
+    # What Connection.send_bytes writes before a message, which recv_bytes reads.
+    if size > 0x7FFFFFFF:
+        return struct.pack("!i", -1) + struct.pack("!Q", size)
+    return struct.pack("!i", size)
+
+
 def _unread_bytes(conn: Connection) -> int:
     """Bytes written to ``conn``'s pipe and not read yet (0 if the OS will not say)."""
     try:
@@ -209,6 +216,7 @@ class _Worker:
         "send_lock",
         "sent",
         "service_time",
+        "stranded",
         "tasks",
         "undelivered",
     )
@@ -224,6 +232,7 @@ class _Worker:
         self.kill_reason: tuple[int, int, BaseException] | None = None
         self.send_lock = threading.Lock()
         self.undelivered = 0  # sends that failed: the newest entries of inflight
+        self.stranded = 0  # bytes of those failed sends that did reach the pipe
         self.ready = False  # it has started up (and run the initializer)
         self.depth = MIN_DEPTH
         self.service_time = math.inf  # moving average of the time between results
@@ -299,6 +308,7 @@ class Dispatcher:
         self._taskqueue: Any = None
         self._aborted = False
         self._sender_waiting = False
+        self._wake_pending = False
         self.broken: InitializerError | None = None
         self._default_timeout = task_timeout
         self._job_timeouts: dict[int, float] = {}
@@ -350,8 +360,13 @@ class Dispatcher:
         return process
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send_bytes(b"")
+        # At most one wake message in the pipe: a flood of wakes (thousands of
+        # calls submitted from a callback, on the result thread itself) must
+        # not fill it and block the one thread that empties it.
+        if not self._wake_pending:
+            self._wake_pending = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send_bytes(b"")
 
     # -- task-handler thread -----------------------------------------------
 
@@ -378,7 +393,13 @@ class Dispatcher:
                 if not self._requeue:
                     return
                 job, index, frame, _ = self._requeue.popleft()
-            self._send(job, index, frame)
+            try:
+                self._send(job, index, frame)
+            except InitializerError as broken:
+                # The task handler calls this for its own marker too, which
+                # must not raise: the popped task fails through get().
+                self._ready.append((job, index, (False, broken)))
+                self._wake()
 
     def _send(self, job: int, index: int, frame: bytes) -> None:
         maxtasks = self._maxtasks
@@ -407,6 +428,7 @@ class Dispatcher:
                     break
                 self._cond.wait()
             self._sender_waiting = False
+            runs_now = not worker.inflight
             worker.inflight.append((job, index, frame, time.monotonic()))
             worker.sent += 1
             self.frames_written += 1
@@ -415,10 +437,21 @@ class Dispatcher:
             if stats is not None:
                 stats.task_sent(len(frame))
         with worker.send_lock:
+            written = 0
             try:
-                worker.tasks.send_bytes(frame)
+                for part in (_length_prefix(len(frame)), frame):
+                    view = memoryview(part)
+                    while view:
+                        count = os.write(worker.tasks.fileno(), view)
+                        written += count
+                        view = view[count:]
             except OSError:
-                worker.undelivered += 1  # the worker is gone; get() resends its tasks
+                # The worker is gone; get() resends its tasks, and must not
+                # count what this wrote of the frame as an unread task.
+                worker.undelivered += 1
+                worker.stranded += written
+        if runs_now and job in self._job_timeouts:
+            self._wake()  # the result thread must now wait with this task's deadline
 
     def _stop_workers(self) -> None:
         with self._cond:
@@ -454,6 +487,7 @@ class Dispatcher:
                 elif conn is self._stdlib_results:
                     self._ready.append(pickle.loads(conn.recv_bytes()))
                 else:
+                    self._wake_pending = False  # before reading: a later wake writes again
                     conn.recv_bytes()  # type: ignore[union-attr]
                     with self._cond:
                         joining, self._joining = self._joining, []
@@ -484,9 +518,11 @@ class Dispatcher:
         # Only this thread removes from inflight, and deque operations are
         # atomic: the lock is needed only to wake a waiting sender.
         inflight = worker.inflight
-        if inflight and inflight[0][0] == job and inflight[0][1] == index:
-            inflight.popleft()
+        if not (inflight and inflight[0][0] == job and inflight[0][1] == index):
+            return  # already settled otherwise (its worker was written off)
+        inflight.popleft()
         worker.received += 1
+        self._cancelled.discard(job)  # its one task is back: nothing more to skip
         if self._sender_waiting and len(inflight) <= worker.depth // 2:
             with self._cond:
                 self._cond.notify()
@@ -499,8 +535,9 @@ class Dispatcher:
             held = list(worker.inflight)
             worker.inflight.clear()
             self._cond.notify_all()
+        cancelled_before = set(self._cancelled)
         with worker.send_lock:  # no send to it is under way any more
-            unread = _unread_bytes(worker.tasks)
+            unread = _unread_bytes(worker.tasks) - worker.stranded
             delivered = len(held) - worker.undelivered
             worker.tasks.close()
         worker.results.close()
@@ -510,14 +547,17 @@ class Dispatcher:
         for _, _, frame, _ in reversed(held[:delivered]):
             if unread <= 0:
                 break
-            unread -= 4 + len(frame)  # Connection frames: 4-byte length + body
+            unread -= len(_length_prefix(len(frame))) + len(frame)
             never_read += 1
         if delivered - never_read > 0:  # the oldest was running
             job, index, *_ = held.pop(0)
+            self._cancelled.discard(job)
             # Its pipes close before it can be reaped: report it once the
             # pool's worker handler has reaped it and its exit code is known.
             self._dying.append((worker, job, index, time.monotonic() + _REAP_WAIT))
-        held = [entry for entry in held if entry[0] not in self._cancelled]
+        for entry in held:
+            self._cancelled.discard(entry[0])  # dropped here rather than resent
+        held = [entry for entry in held if entry[0] not in cancelled_before]
         if held:
             with self._cond:
                 self._requeue.extendleft(reversed(held))
@@ -548,11 +588,14 @@ class Dispatcher:
         broken.__cause__ = error
         with self._cond:
             self.broken = broken
-            held = [t for w in self._workers.values() for t in w.inflight]
-            held.extend(self._requeue)
-            for worker in self._workers.values():
-                worker.inflight.clear()
+            # Tasks waiting to be resent, and those held by workers that have
+            # not started (theirs will not run); ready workers finish theirs.
+            held = list(self._requeue)
             self._requeue.clear()
+            for worker in self._workers.values():
+                if not worker.ready:
+                    held.extend(worker.inflight)
+                    worker.inflight.clear()
             self._cond.notify_all()
         for job, index, *_ in held:
             self._ready.append((job, index, (False, broken)))

@@ -319,6 +319,11 @@ class MethodPool(multiprocessing.pool.Pool):
         set_length: Callable[[int], None] | None = None,
     ) -> None:
         """Register the job, then queue its tasks (``None``: the caller feeds them)."""
+        if result._job not in self._cache:  # already complete: an empty map
+            stats.finish()
+            if type(shipped) is ShippedCallable and not isinstance(shipped.payload.data, bytes):
+                self._segments.release(shipped.key)
+            return
         if type(shipped) is ShippedCallable and not isinstance(shipped.payload.data, bytes):
             self._segments.attach(result._job, shipped.key)
         self._dispatcher.job_started(result._job, task_timeout, stats)
@@ -557,6 +562,18 @@ class MethodPool(multiprocessing.pool.Pool):
         return result
 
     # -- ending ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Like :meth:`multiprocessing.pool.Pool.close`.
+
+        ``imap`` iterators with ``buffersize`` hand the rest of their input to
+        the pool, as the stdlib's ``imap`` does, so that ``join()`` returns
+        even if their consumer stopped reading.
+        """
+        for result in list(self._cache.values()):
+            if isinstance(result, ResultIterator):
+                result.release_input()
+        super().close()
 
     def terminate(self) -> None:
         """Like :meth:`multiprocessing.pool.Pool.terminate`, but never hangs.

@@ -183,7 +183,7 @@ class ResultIterator(_Observed, Generic[T]):
         self._top_up(ahead)
 
     def _top_up(self, count: int) -> None:
-        if self._feeding is None:
+        if self._feeding is None or self._length is not None:
             return
         batch = list(itertools.islice(self._feeding, count))
         self._fed += len(batch)
@@ -192,6 +192,27 @@ class ResultIterator(_Observed, Generic[T]):
         if len(batch) < count:
             self._feeding = None
             self._set_length(self._fed)
+
+    def release_input(self) -> None:
+        """Hand the input not yet read to the task handler (``close()``: the job must end).
+
+        An iterator its consumer stopped reading would otherwise keep the pool
+        from ever finishing; this makes it behave as the stdlib's ``imap``,
+        which reads its whole input.
+        """
+        rest, self._feeding = self._feeding, None
+        if rest is None:
+            return
+        fed = self._fed
+
+        def set_length(length: int) -> None:
+            self._set_length(max(length, fed))
+
+        self._taskqueue.put((rest, set_length))
+
+    def stop_feeding(self) -> None:
+        """Read no more input (the pool was terminated)."""
+        self._feeding = None
 
     def _complete(self) -> bool:
         return self._index == self._length
@@ -212,8 +233,18 @@ class ResultIterator(_Observed, Generic[T]):
     def next(self, timeout: float | None = None) -> T:
         """The next result; ``multiprocessing.TimeoutError`` if none arrives in ``timeout``."""
         if self._chunksize == 1:
-            item = self._base.next(self, timeout)
-            self._top_up(1)
+            consumed = False
+            try:
+                item = self._base.next(self, timeout)
+                consumed = True
+            except (StopIteration, multiprocessing.TimeoutError):
+                raise
+            except Exception:
+                consumed = True  # a failed item is taken too: read one more
+                raise
+            finally:
+                if consumed:
+                    self._top_up(1)
             return item  # type: ignore[no-any-return]
         # The stdlib's chunked imap is a generator, which ends once it has
         # raised: after a failed chunk, so does this.

@@ -57,7 +57,7 @@ class _Segment:
         self.memory.buf[: len(data)] = data  # type: ignore[index]
         self.ref = SharedBytes(self.memory.name, len(data))
         self.jobs: set[int] = set()
-        self.reserved = True  # shared for a call whose job is not attached yet
+        self.reserved = 0  # calls it was shared for whose job is not attached yet
 
     def unlink(self) -> None:
         self.memory.close()
@@ -85,7 +85,7 @@ class SegmentRegistry:
             if segment is None:
                 segment = self._segments[key] = _Segment(data)
                 self.segments_created += 1
-            segment.reserved = True
+            segment.reserved += 1
             self._segments.move_to_end(key)
             self._trim()
         return segment.ref
@@ -95,9 +95,17 @@ class SegmentRegistry:
         with self._lock:
             segment = self._segments.get(key)
             if segment is not None:
-                segment.reserved = False
+                segment.reserved -= 1
                 segment.jobs.add(job)
                 self._by_job[job] = segment
+
+    def release(self, key: bytes) -> None:
+        """The call :meth:`share` was for made no job (it completed at once)."""
+        with self._lock:
+            segment = self._segments.get(key)
+            if segment is not None:
+                segment.reserved -= 1
+                self._trim()
 
     def job_done(self, job: int) -> None:
         with self._lock:

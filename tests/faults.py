@@ -44,3 +44,14 @@ def ignore_sigterm_and_sleep(seconds: float) -> None:
 
 def failing_initializer() -> None:
     raise ValueError("no database today")
+
+
+def fail_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def die_with(payload: bytes) -> int:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return len(payload)

@@ -24,6 +24,8 @@ import pytest
 from conftest import process_alive
 from faults import (
     die_on,
+    die_with,
+    fail_odd,
     failing_initializer,
     ignore_sigterm_and_sleep,
     pid_of_worker,
@@ -317,3 +319,43 @@ def test_cancel_after_the_result_changes_nothing(pool: MethodPool) -> None:
     assert done.get(timeout=30) == 9
     assert not done.cancel()
     assert done.get() == 9
+
+
+def test_task_timeout_fires_on_an_idle_pool_every_time(ctx: Any) -> None:
+    # The result thread may be asleep with no deadline when the task is sent.
+    with MethodPool(1, context=ctx) as pool:
+        still_works(pool)
+        for _ in range(4):
+            started = time.monotonic()
+            with pytest.raises(TaskTimeoutError):
+                pool.apply(sleep_then_square, (30,), task_timeout=0.3)
+            assert time.monotonic() - started < 5
+
+
+def test_buffered_imap_goes_on_after_failed_items(pool: MethodPool) -> None:
+    results = pool.imap(fail_odd, range(20), buffersize=3)
+    got, errors = [], 0
+    for _ in range(20):
+        try:
+            got.append(results.next(timeout=20))
+        except ValueError:
+            errors += 1
+    assert got == list(range(0, 20, 2)) and errors == 10
+
+
+def test_abandoned_buffered_imap_does_not_block_close_and_join(ctx: Any) -> None:
+    pool = MethodPool(2, context=ctx)
+    results = pool.imap(square, range(1000), buffersize=4)
+    assert next(results) == 0  # and never read again
+    pool.close()
+    started = time.monotonic()
+    pool.join()
+    assert time.monotonic() - started < 20
+
+
+def test_worker_dying_on_a_task_larger_than_the_pipe_buffer(fresh_pool: MethodPool) -> None:
+    payload = b"x" * 300_000  # frames larger than a pipe's 64 KiB
+    result = fresh_pool.map_async(die_with, [payload] * 3, chunksize=1)
+    with pytest.raises(WorkerLostError):
+        result.get(timeout=30)
+    still_works(fresh_pool)
