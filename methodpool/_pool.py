@@ -265,7 +265,10 @@ class MethodPool(multiprocessing.pool.Pool):
         # (gh-78178).  Escalate to SIGKILL after a grace period.
         killer = threading.Timer(TERMINATE_GRACE, _kill_remaining, (pool,))
         killer.daemon = True
-        killer.start()
+        # At interpreter exit (3.12+) no thread can start: then terminate as
+        # the stdlib does, without the escalation.
+        with contextlib.suppress(RuntimeError):
+            killer.start()
         try:
             super()._terminate_pool(  # type: ignore[misc]
                 taskqueue, inqueue, outqueue, pool, change_notifier, worker_handler, *rest
