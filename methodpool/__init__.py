@@ -26,6 +26,7 @@ from ._errors import (
 
 if TYPE_CHECKING:
     from ._backend import MaybeEncodingError, RemoteTraceback
+    from ._dask import DaskPool as DaskPool  # re-exported, outside __all__ (see _LAZY)
     from ._patch import patch, unpatch
     from ._pool import MethodPool, Pool
     from ._results import ListResult, ResultIterator, TaskResult
@@ -36,6 +37,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "CallStats": "._stats",
+    # Needs the optional distributed package (methodpool[dask]); without it,
+    # using the name raises ImportError.  Left out of __all__ so that
+    # `from methodpool import *` works without it.
+    "DaskPool": "._dask",
     "ListResult": "._results",
     "MaybeEncodingError": "._backend",
     "MethodPool": "._pool",

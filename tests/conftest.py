@@ -8,6 +8,7 @@ makes a test suite slow.
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ from typing import Any
 import pytest
 
 from methodpool import MethodPool, _sharedmem
+
+# DaskPool's tests need the optional distributed package (methodpool[dask]).
+collect_ignore = [] if importlib.util.find_spec("distributed") else ["test_dask.py"]
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 SERIALIZERS = ["auto", "pickle", "cloudpickle", "dill"]
