@@ -71,6 +71,7 @@ except ImportError as exc:
 from ._backend import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, fail_pending
 from ._channels import decode_result, encode_result
 from ._errors import DeserializationError, InitializerError, PoolTerminatedError, WorkerLostError
+from ._pool import _guarded, _label
 from ._serializers import (
     AUTO,
     PoolPlaceholder,
@@ -177,25 +178,6 @@ class InitializerPlugin(_PluginBase):
 
 
 # -- the parent side ---------------------------------------------------------------
-
-
-def _guarded(callback: Callable[[Any], object] | None, kind: str) -> Any:
-    # A callback that raises would kill the collector thread, and with it
-    # every pending result.  Log it instead; the result is delivered.
-    if callback is None:
-        return None
-
-    def run(value: Any) -> None:
-        try:
-            callback(value)
-        except Exception:
-            logger.exception("%s %r raised; the result is still delivered", kind, callback)
-
-    return run
-
-
-def _label(func: Any) -> str:
-    return str(getattr(func, "__qualname__", type(func).__qualname__))
 
 
 class _Task:
