@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .harness import CALL_DEADLINE, NOT_INSTALLED, UNSUPPORTED, Result, Settings
-from .systems import MethodPoolSystem, StdlibPool, System
+from .systems import DaskPoolSystem, MethodPoolSystem, StdlibPool, System
 from .workloads import MB, PIPE_MESSAGES, START_METHODS, THROUGHPUT
 
 BASELINE = StdlibPool.name
@@ -27,6 +27,7 @@ PACKAGES = (
     "joblib",
     "mpire",
     "pebble",
+    "distributed",
 )
 
 
@@ -220,6 +221,26 @@ def _reading(table: _Results, systems: Sequence[System]) -> list[str]:
     return lines
 
 
+def _cluster(table: _Results) -> list[str]:
+    """DaskPool's per-task overhead and chunked throughput, beside MethodPool's."""
+    auto = MethodPoolSystem.name_for("auto")
+    rows = []
+    for system in (auto, DaskPoolSystem.name):
+        single = table.get(system, "function/imap1")
+        bulk = table.get(system, "function/map")
+        startup = table.get(system, "startup/spawn")
+        if single is None or single.median is None:
+            continue
+        cells = [system, f"{1000 / single.median:.3g} ms"]
+        cells.append(f"{_si(bulk.median)}/s" if bulk and bulk.median else "")
+        cells.append(f"{startup.median:.2g} s" if startup and startup.median else "")
+        rows.append(_row(cells))
+    if len(rows) < 2:
+        return []
+    header = ["system", "per task (`imap`, chunksize 1)", "chunked `map`", "start (spawn)"]
+    return [_row(header), _row(["---", "---:", "---:", "---:"]), *rows]
+
+
 def _versions() -> str:
     found = []
     for package in PACKAGES:
@@ -309,6 +330,20 @@ def render_markdown(results: Sequence[Result], systems: Sequence[System], info: 
             "`pool._callables_serialized`.",
             "",
             *counters,
+        ]
+    cluster = _cluster(table)
+    if cluster:
+        out += [
+            "",
+            "## Cluster mode: DaskPool on a local cluster",
+            "",
+            "`DaskPool(2)` starts a Dask `LocalCluster` of 2 single-threaded worker "
+            "processes on 127.0.0.1 (the same machine, so this is the engine's own "
+            "overhead, without a network). Per task: wall time per item of "
+            "`function/imap1`; chunked: items/s of `function/map` (DaskPool chunks "
+            "by the stdlib rule); start: `startup/spawn`, pool creation to first result.",
+            "",
+            *cluster,
         ]
     out += ["", "## Reading", "", *_reading(table, systems)]
     out += ["", "## Failures", "", *_failures(results)]

@@ -369,11 +369,30 @@ class PebblePool(System):
             pool.join()
 
 
+class DaskPoolSystem(StdlibPool):
+    """``methodpool.DaskPool`` on a ``LocalCluster`` of its own (127.0.0.1): the
+    cluster mode, measured here for its per-task overhead and chunked throughput.
+    Dask's nanny starts workers with spawn; there is no start-method option."""
+
+    name = "DaskPool (local cluster)"
+    requires = ("distributed",)
+    start_methods = ("spawn",)
+    default_start = "spawn"
+    map_call = "DaskPool.map(f, xs)"
+    imap_call = "DaskPool.imap(f, xs, chunksize=1)"
+
+    def _make_pool(self, workers: int, start_method: str | None) -> Any:
+        from methodpool import DaskPool
+
+        return DaskPool(workers)
+
+
 SERIALIZERS: tuple[str, ...] = ("auto", "pickle", "cloudpickle", "dill")
 
 
 def all_systems() -> list[System]:
-    """Every system, baseline first, MethodPool last (one per serializer)."""
+    """Every system: the baseline first, then the peers, MethodPool (one per
+    serializer), and DaskPool last."""
     peers: list[System] = [
         StdlibPool(),
         StdlibExecutor(),
@@ -384,4 +403,5 @@ def all_systems() -> list[System]:
         MpireWorkerPool(),
         PebblePool(),
     ]
-    return peers + [MethodPoolSystem(serializer) for serializer in SERIALIZERS]
+    mine: list[System] = [MethodPoolSystem(serializer) for serializer in SERIALIZERS]
+    return [*peers, *mine, DaskPoolSystem()]
