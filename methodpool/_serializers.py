@@ -2,10 +2,10 @@
 
 A :class:`Serializer` is a name, a ``dumps`` and a ``loads``.  Both halves may run
 in worker processes (``loads`` for the callable and arguments, ``dumps`` for
-results), so both must be importable there: module-level functions, which the
-task pipe carries by reference.  That is also what makes a user-registered
-serializer work under spawn and forkserver, where the registry of the parent does
-not exist.
+results), so both travel with the tasks: module-level functions by reference,
+and functions workers could not import (defined in ``__main__``, lambdas,
+closures) by value.  That is also what makes a user-registered serializer work
+under spawn and forkserver, where the registry of the parent does not exist.
 
 Built in:
 
@@ -250,14 +250,58 @@ def _available(name: str) -> bool:
     return package is None or importlib.util.find_spec(package) is not None
 
 
-def _check_importable(what: str, func: Any) -> None:
+class _ByValue:
+    """A serializer half that workers cannot import by name, carried by value.
+
+    Functions defined in ``__main__`` (a script's main block, a prompt, a
+    notebook), lambdas and closures are pickled with cloudpickle when the
+    serializer is made; each process rebuilds the function once, when it
+    unpickles this wrapper.
+    """
+
+    __slots__ = ("_blob", "_func")
+
+    def __init__(self, func: Callable[..., Any], blob: bytes) -> None:
+        self._func = func
+        self._blob = blob
+
+    def __call__(self, arg: Any, /) -> Any:
+        return self._func(arg)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_by_value, (self._blob,))
+
+    def __repr__(self) -> str:
+        return f"<{self._func!r}, by value>"
+
+
+def _load_by_value(blob: bytes) -> _ByValue:
+    import cloudpickle
+
+    return _ByValue(cloudpickle.loads(blob), blob)
+
+
+def _portable(what: str, func: Any) -> Any:
+    # Workers get a serializer's functions inside their process object and in
+    # every task, pickled.  By reference ("module.name") is smallest, but only
+    # works where the name can be imported: not for __main__ definitions
+    # (spawn and forkserver workers re-import the main script without its main
+    # block, or have none at a prompt), lambdas or closures.  Those go by value.
+    if getattr(func, "__module__", None) != "__main__":
+        try:
+            pickle.dumps(func)
+        except Exception:
+            pass
+        else:
+            return func
     try:
-        pickle.dumps(func)
+        import cloudpickle
+
+        return _ByValue(func, cloudpickle.dumps(func))
     except Exception as exc:
         raise ValueError(
-            f"{what} {func!r} must be importable by worker processes (a "
-            f"module-level function or method of a module-level object), because "
-            f"workers started by spawn or forkserver look it up by name: {exc}"
+            f"{what} {func!r} cannot be sent to worker processes, by name or by value "
+            f"(cloudpickle): {type(exc).__name__}: {exc}"
         ) from None
 
 
@@ -272,11 +316,13 @@ def register_serializer(
 
     Pass either ``dumps`` and ``loads`` functions, or one object with ``dumps``
     and ``loads`` methods (a module such as :mod:`pickle` or :mod:`marshal`
-    works).  Both must be importable by name in worker processes.
+    works).  Workers get module-level functions by name; functions defined in
+    ``__main__`` (a script, a prompt, a notebook), lambdas and closures by
+    value, so they work under every start method.
 
     Raises :class:`ValueError` if ``name`` is taken (unless ``replace=True``),
-    is ``"auto"``, or the functions are not importable; :class:`TypeError` if
-    the arguments are not callables.
+    is ``"auto"``, or a function can be sent to workers neither by name nor
+    by value; :class:`TypeError` if the arguments are not callables.
     """
     if loads is None:
         if not (
@@ -296,9 +342,7 @@ def register_serializer(
         raise ValueError(
             f"a serializer named {name!r} is already registered; pass replace=True to replace it"
         )
-    _check_importable("dumps", dumps)
-    _check_importable("loads", loads)
-    _REGISTRY[name] = Serializer(name, dumps, loads)
+    _REGISTRY[name] = Serializer(name, _portable("dumps", dumps), _portable("loads", loads))
 
 
 def available_serializers() -> list[str]:
@@ -317,10 +361,8 @@ def serializer_chain(spec: str | SupportsDumpsLoads) -> tuple[Serializer, ...]:
             raise TypeError(
                 f"serializer must be a name or an object with dumps() and loads(), got {spec!r}"
             )
-        _check_importable("loads", spec.loads)
-        _check_importable("dumps", spec.dumps)
         name = getattr(spec, "__name__", type(spec).__name__)
-        return (Serializer(name, spec.dumps, spec.loads),)
+        return (Serializer(name, _portable("dumps", spec.dumps), _portable("loads", spec.loads)),)
     if spec == AUTO:
         return (_PICKLE_MAIN_BY_VALUE, *(s for s in (CLOUDPICKLE, DILL) if _available(s.name)))
     try:

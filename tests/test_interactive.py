@@ -87,3 +87,29 @@ def test_definitions_inside_the_main_block(start_method: str, tmp_path: Path) ->
     script = tmp_path / "script.py"
     script.write_text(f"if __name__ == '__main__':\n{body}")
     assert run([str(script)], cwd=tmp_path).strip() == "ok"
+
+
+REGISTERED_AT_THE_PROMPT = textwrap.dedent(
+    """
+    import multiprocessing, pickle
+    from methodpool import MethodPool, register_serializer
+
+    def tagged_dumps(obj):              # defined in __main__: no worker can import it
+        return b"T" + pickle.dumps(obj)
+
+    register_serializer("tagged", tagged_dumps, lambda data: pickle.loads(data[1:]))
+    ctx = multiprocessing.get_context(METHOD)
+    with MethodPool(2, context=ctx, serializer="tagged") as pool:
+        assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
+        assert pool.apply(divmod, (7, 2)) == (3, 1)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.timeout(90)
+def test_serializer_registered_at_the_prompt(start_method: str) -> None:
+    # Its functions travel by value: by name, spawn and forkserver workers
+    # could not unpickle their own process object and would restart forever.
+    program = REGISTERED_AT_THE_PROMPT.replace("METHOD", repr(start_method))
+    assert run(["-c", program]).strip() == "ok"

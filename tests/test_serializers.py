@@ -167,8 +167,9 @@ def test_register_serializer_rejects_bad_input(tagged: str) -> None:
         register_serializer("tagged", tagged_dumps, tagged_loads)
     with pytest.raises(ValueError, match="'auto' is the built-in"):
         register_serializer("auto", tagged_dumps, tagged_loads)
-    with pytest.raises(ValueError, match="must be importable by worker processes"):
-        register_serializer("local", tagged_dumps, lambda data: data, replace=True)
+    lock = threading.Lock()
+    with pytest.raises(ValueError, match="cannot be sent to worker processes"):
+        register_serializer("local", tagged_dumps, lambda data: lock, replace=True)
     with pytest.raises(TypeError, match="two functions, or one object"):
         register_serializer("nothing", 42)  # type: ignore[arg-type]
     register_serializer("module", json)  # a module with dumps/loads is fine
