@@ -66,7 +66,7 @@ from ._backend import (
 )
 from ._channels import Dispatcher
 from ._errors import InitializerError, PoolTerminatedError
-from ._progress import ProgressSpec, progress_bar
+from ._progress import Progress, ProgressSpec, progress_bar
 from ._results import ListResult, OrderedResults, ResultIterator, TaskResult, UnorderedResults
 from ._serializers import (
     AUTO,
@@ -294,9 +294,15 @@ class MethodPool(multiprocessing.pool.Pool):
         return shipped
 
     def _prepare(
-        self, method: str, func: Any, items: int | None, task_timeout: float | None
-    ) -> tuple[Any, StatsCollector]:
-        """Checks and shipping common to every call, in the caller's thread."""
+        self,
+        method: str,
+        func: Any,
+        items: int | None,
+        task_timeout: float | None,
+        progress: ProgressSpec,
+    ) -> tuple[Any, StatsCollector, Progress | None]:
+        """Checks, shipping and the progress bar common to every call, in the
+        caller's thread.  A call that fails here leaves nothing behind."""
         self._check_running()
         broken = self._dispatcher.broken
         if broken is not None:
@@ -306,11 +312,19 @@ class MethodPool(multiprocessing.pool.Pool):
         started = time.perf_counter()
         shipped = self._ship(func)
         stats.serialize_seconds = time.perf_counter() - started
+        shared = False
         if type(shipped) is ShippedCallable:
             data = shipped.payload.data
+            shared = not isinstance(data, bytes)
             stats.callable_bytes = len(data) if isinstance(data, bytes) else data.size
+        try:
+            bar = progress_bar(progress, items, _label(func))
+        except BaseException:
+            if shared:
+                self._segments.release(shipped.key)
+            raise
         self._recent_stats.append(stats)
-        return shipped, stats
+        return shipped, stats, bar
 
     def _submit(
         self,
@@ -364,8 +378,7 @@ class MethodPool(multiprocessing.pool.Pool):
 
         The result is also awaitable, and can be cancelled (:class:`TaskResult`).
         """
-        shipped, stats = self._prepare("apply_async", func, 1, task_timeout)
-        bar = progress_bar(progress, 1, _label(func))
+        shipped, stats, bar = self._prepare("apply_async", func, 1, task_timeout, progress)
         result: TaskResult[R] = TaskResult(
             self, _guarded(callback, "callback"), _guarded(error_callback, "error_callback"), bar
         )
@@ -388,7 +401,7 @@ class MethodPool(multiprocessing.pool.Pool):
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         length = len(iterable)  # type: ignore[arg-type]
-        shipped, stats = self._prepare(method, func, length, task_timeout)
+        shipped, stats, bar = self._prepare(method, func, length, task_timeout, progress)
         if chunksize is None:
             # The configured size, not len(self._pool): that is 0 for a moment
             # while exited workers (maxtasksperchild) are replaced.
@@ -397,7 +410,6 @@ class MethodPool(multiprocessing.pool.Pool):
                 chunksize += 1
         if length == 0:
             chunksize = 0
-        bar = progress_bar(progress, length, _label(func))
         result: ListResult[Any] = ListResult(
             self,
             chunksize,
@@ -549,8 +561,7 @@ class MethodPool(multiprocessing.pool.Pool):
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError(f"buffersize must be a positive integer, got {buffersize!r}")
         length = len(iterable) if isinstance(iterable, Sized) else None
-        shipped, stats = self._prepare(method, func, length, task_timeout)
-        bar = progress_bar(progress, length, _label(func))
+        shipped, stats, bar = self._prepare(method, func, length, task_timeout, progress)
         result = result_class(self, chunksize, bar)  # type: ignore[call-arg]
         if chunksize == 1:
             tasks = guarded_task_generation(self, result._job, shipped, iterable)

@@ -53,11 +53,21 @@ def test_progress_with_tqdm_options_and_on_every_method(pool: MethodPool) -> Non
 def test_progress_without_tqdm_says_how_to_install_it(
     pool: MethodPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    calls_before = len(pool.stats())
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     with pytest.raises(ImportError, match=r"pip install 'methodpool\[progress\]'"):
         pool.map(square, XS, progress=True)
     with pytest.raises(TypeError, match="progress= takes True"):
         pool.map(square, XS, progress="yes")
+    # A big callable's segment is shared before the bar is made: refused, the
+    # call keeps no reference to it, and records no call in stats().
+    with pytest.raises(TypeError, match="progress= takes True"):
+        big = Affine()
+        big.payload = bytes(1 << 20)  # type: ignore[attr-defined]
+        pool.imap(big.apply, XS, progress=42)
+    assert len(pool.stats()) == calls_before
+    segments = pool._segments._segments.values()  # type: ignore[attr-defined]
+    assert all(not s.reserved and not s.jobs for s in segments)
 
 
 def test_stats_of_a_chunked_map(pool: MethodPool) -> None:
