@@ -76,3 +76,18 @@ class InitializerError(RuntimeError):
 
 class PoolTerminatedError(RuntimeError):
     """The pool was terminated before this task's result arrived."""
+
+
+# Shown (in tracebacks, reprs, pickles) under the name users import them by.
+for _error in (
+    SerializationError,
+    DeserializationError,
+    RemoteTaskError,
+    PoolUsedInWorkerError,
+    WorkerLostError,
+    TaskTimeoutError,
+    InitializerError,
+    PoolTerminatedError,
+):
+    _error.__module__ = "methodpool"
+del _error

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from callables import module_function
 
+import methodpool
 from methodpool import (
     DeserializationError,
     MaybeEncodingError,
@@ -178,3 +179,16 @@ def test_strict_pickle_refuses_such_a_result_like_the_stdlib(
         pytest.raises(MaybeEncodingError),
     ):
         stdlib_pool.apply(make_lambda, (1,))
+
+
+def test_public_exceptions_are_shown_under_the_name_they_are_imported_by() -> None:
+    errors = [
+        value
+        for name in methodpool.__all__
+        if isinstance(value := getattr(methodpool, name), type)
+        and issubclass(value, BaseException)
+        and value.__module__.startswith("methodpool")
+    ]
+    assert len(errors) >= 8
+    for error in errors:
+        assert f"{error.__module__}.{error.__qualname__}" == f"methodpool.{error.__name__}"
