@@ -16,13 +16,14 @@ import hashlib
 import os
 import pickle
 import reprlib
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._diagnose import find_unserializable
 from ._errors import DeserializationError, SerializationError
-from ._serializers import CLOUDPICKLE, PICKLE, Loads, Serializer
+from ._serializers import CLOUDPICKLE, DILL, PICKLE, Loads, Serializer
 
 if TYPE_CHECKING:
     from ._sharedmem import SharedBytes
@@ -133,7 +134,9 @@ def resolve(func: Any) -> Any:
 
 
 def _advice(tried: list[Serializer], culprit: Any) -> str:
-    if tried == [PICKLE]:
+    by_value = any(s is CLOUDPICKLE or s is DILL for s in tried)
+    code = isinstance(culprit, (types.FunctionType, types.CodeType, type))
+    if tried == [PICKLE] or (code and not by_value):
         return (
             "use serializer='auto' (the default), 'cloudpickle' or 'dill', which "
             "carry lambdas, closures and interactively defined code by value"

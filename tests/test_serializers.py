@@ -157,6 +157,17 @@ def test_registered_serializer_works_under_every_start_method(ctx: Any, tagged: 
         assert pool.apply(Affine().apply, (json.loads("2"),)) == 5
 
 
+def test_a_registered_serializer_that_refuses_a_lambda_points_to_the_by_value_ones(
+    tagged: str,
+) -> None:
+    with (
+        MethodPool(1, serializer=tagged) as pool,
+        pytest.raises(SerializationError, match="'cloudpickle' or 'dill'") as info,
+    ):
+        pool.map(lambda x: x, [1])
+    assert "__getstate__" not in str(info.value)
+
+
 def test_serializer_object_with_dumps_and_loads(ctx: Any) -> None:
     with MethodPool(2, context=ctx, serializer=TaggedSerializer()) as pool:
         assert pool.map(Affine().apply, [1, 2]) == [3, 5]
