@@ -16,6 +16,7 @@ import hashlib
 import os
 import pickle
 import reprlib
+import threading
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -94,15 +95,17 @@ class ShippedCallable:
 
     def resolve(self) -> Callable[..., Any]:
         """The callable, from this process's cache or freshly loaded."""
-        try:
-            func = _loaded[self.key]
-        except KeyError:
-            func = self.payload.load(f"the task callable {self.label}")
+        # Dask workers run tasks in several threads: the cache is shared.
+        with _loaded_lock:
+            func = _loaded.get(self.key)
+            if func is not None:
+                _loaded.move_to_end(self.key)
+                return func
+        func = self.payload.load(f"the task callable {self.label}")
+        with _loaded_lock:
             _loaded[self.key] = func
             if len(_loaded) > _LOADED_MAX:
                 _loaded.popitem(last=False)
-        else:
-            _loaded.move_to_end(self.key)
         return func
 
     def __call__(self, *args: Any, **kwds: Any) -> Any:
@@ -114,6 +117,7 @@ class ShippedCallable:
 _LOADED_MAX = 32
 _KEY_BYTES = 16
 _loaded: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
+_loaded_lock = threading.Lock()
 
 
 def _arrive(wire: bytes) -> Any:
