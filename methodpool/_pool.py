@@ -147,8 +147,9 @@ class MethodPool(multiprocessing.pool.Pool):
     ``task_timeout``
         seconds a task (a chunk, for chunked calls) may run; an overdue task's
         worker is killed and replaced, and the task fails with
-        :class:`~methodpool.TaskTimeoutError`.  Every method also takes
-        ``task_timeout=`` for its own call.
+        :class:`~methodpool.TaskTimeoutError`.  Every method that submits
+        tasks (``apply``, ``map``, ``imap``, ``starmap`` and their variants)
+        also takes ``task_timeout=`` for its own call.
 
     The task callable is serialized once per call, in the caller's thread, and
     snapshotted then: later changes to the object do not reach tasks of that
