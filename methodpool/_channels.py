@@ -36,6 +36,17 @@ running, one waiting, so the worker never idles between tasks) and
 shared pipe, while a slow task holds up at most one other behind it.  The
 task handler is woken only when a worker has drained to half its depth.
 
+Batches.  On a machine with few cores, what a tiny task costs is mostly
+system calls and the wake-ups they cause, so both directions move many
+frames at once.  A small task for a worker that still has a few written
+tasks to run waits in that worker's ``pending`` list and is written with
+the ones after it (one ``write`` for up to :data:`_BATCH_FRAMES`); the batch
+goes out when it is full, when a big frame must follow it, when the pool
+stops the workers, or as soon as the worker runs low, which the result
+thread sees (it writes the batch itself if the pipe has room, else leaves it
+to the task thread: it must never block on a worker's pipe).  Results are
+read a pipe-full at a time, every whole frame in it handled in turn.
+
 Frames.  Both pipes carry ``<job:int64><index:int64><pickle>``.  The header
 is readable even when the pickle is not, so a task or result that cannot be
 loaded fails that one task, by name, instead of killing a worker or the
@@ -87,8 +98,19 @@ WORKER_READY = -2  # job number of the frame a worker sends once it is ready for
 _REAP_POLL = 0.005
 _REAP_WAIT = 2.0
 MIN_DEPTH = 2
-MAX_DEPTH = 64
-QUEUED_SECONDS = 0.005
+MAX_DEPTH = 256
+QUEUED_SECONDS = 0.02
+_READ_SIZE = 1 << 16  # bytes read from a results pipe at once
+_SIZE = struct.Struct("!i")
+_BIG_SIZE = struct.Struct("!Q")
+# Batching: a frame of at most _BATCH_FRAME_MAX bytes, for a worker that
+# still has _BATCH_LOW tasks written to its pipe and not done, waits to be
+# written with others: up to _BATCH_FRAMES at once, or as soon as the worker
+# gets low.
+_BATCH_LOW = 4
+_BATCH_FRAMES = 32
+_BATCH_FRAME_MAX = 1024
+_JOIN_MAX = 1 << 16  # frames up to this size are written with their length prefix in one go
 _REQUEUE = ("requeue",)  # put on the pool's task queue to make the task handler resend
 
 # The parent's ends of every channel; a forked worker closes its copies.
@@ -190,6 +212,14 @@ def _unread_bytes(conn: Connection) -> int:
     return int(struct.unpack("i", answer)[0])
 
 
+def _pipe_size(conn: Connection) -> int:
+    """The capacity of ``conn``'s pipe in bytes (0 if the OS will not say)."""
+    try:
+        return int(fcntl.fcntl(conn.fileno(), fcntl.F_GETPIPE_SZ))
+    except (AttributeError, OSError):
+        return 0
+
+
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "closed its pipes"
@@ -206,9 +236,12 @@ class _Worker:
 
     __slots__ = (
         "depth",
+        "flush_wanted",
         "inflight",
         "kill_reason",
         "last_result",
+        "pending",
+        "pipe_size",
         "process",
         "ready",
         "received",
@@ -219,19 +252,25 @@ class _Worker:
         "stranded",
         "tasks",
         "undelivered",
+        "unread",
     )
 
     def __init__(self, process: Any, tasks: Connection, results: Connection) -> None:
         self.process = process
         self.tasks = tasks  # parent writes
         self.results = results  # parent reads
+        self.unread = bytearray()  # bytes read from results, not handled yet
         # (job, index, frame, when sent), oldest (running) first
         self.inflight: collections.deque[tuple[int, int, bytes, float]] = collections.deque()
         self.sent = 0
         self.received = 0
         self.kill_reason: tuple[int, int, BaseException] | None = None
         self.send_lock = threading.Lock()
-        self.undelivered = 0  # sends that failed: the newest entries of inflight
+        # Frames of the newest entries of inflight, batched, not written yet.
+        self.pending: list[bytes] = []
+        self.flush_wanted = False  # the result thread could not flush them
+        self.pipe_size = _pipe_size(tasks)  # 0: never batch
+        self.undelivered = 0  # sends that failed: the newest written entries of inflight
         self.stranded = 0  # bytes of those failed sends that did reach the pipe
         self.ready = False  # it has started up (and run the initializer)
         self.depth = MIN_DEPTH
@@ -317,6 +356,7 @@ class Dispatcher:
         # Counters for tests and benchmarks: what really went down the pipes.
         self.frames_written = 0
         self.bytes_written = 0
+        self.writes = 0  # batches of frames written (one system call each, for small frames)
 
     def connect(self, outqueue: Any, pickler: type[pickle.Pickler]) -> None:
         """Wire to the pool's stdlib result queue (for its sentinels) and set the task pickler."""
@@ -437,28 +477,100 @@ class Dispatcher:
             if stats is not None:
                 stats.task_sent(len(frame))
         with worker.send_lock:
-            written = 0
-            try:
-                for part in (_length_prefix(len(frame)), frame):
-                    view = memoryview(part)
-                    while view:
-                        count = os.write(worker.tasks.fileno(), view)
-                        written += count
-                        view = view[count:]
-            except OSError:
-                # The worker is gone; get() resends its tasks, and must not
-                # count what this wrote of the frame as an unread task.
-                worker.undelivered += 1
-                worker.stranded += written
+            pending = worker.pending
+            written_outstanding = len(worker.inflight) - len(pending) - 1
+            if len(frame) <= _BATCH_FRAME_MAX and worker.pipe_size and (
+                pending or written_outstanding >= _BATCH_LOW
+            ):
+                # The worker has work queued: batch this frame with the next
+                # ones, so that many tasks cost one system call and one wake-up.
+                pending.append(frame)
+                if len(pending) >= _BATCH_FRAMES:
+                    self._flush(worker)
+            else:
+                if pending:
+                    self._flush(worker)
+                self._write(worker, [frame])
+            if pending and len(worker.inflight) - len(pending) < _BATCH_LOW:
+                self._flush(worker)
+        if worker.flush_wanted:
+            with worker.send_lock:
+                worker.flush_wanted = False
+                if worker.pending and len(worker.inflight) - len(worker.pending) < _BATCH_LOW:
+                    self._flush(worker)
         if runs_now and job in self._job_timeouts:
             self._wake()  # the result thread must now wait with this task's deadline
+
+    def _write(self, worker: _Worker, frames: list[bytes]) -> None:
+        """Write ``frames`` to the worker's tasks pipe; the caller holds its ``send_lock``.
+
+        Small frames go in one system call.  If the worker is gone, the frames
+        not written whole count as undelivered (get() resends them), and the
+        bytes of a partly written one as stranded.
+        """
+        sizes = []
+        parts: list[bytes] = []
+        for frame in frames:
+            prefix = _length_prefix(len(frame))
+            sizes.append(len(prefix) + len(frame))
+            parts += (prefix, frame)
+        if len(frames) > 1 or len(frames[0]) <= _JOIN_MAX:
+            parts = [b"".join(parts)]
+        self.writes += 1
+        written = 0
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    count = os.write(worker.tasks.fileno(), view)
+                    written += count
+                    view = view[count:]
+        except OSError:
+            whole = 0
+            for size in sizes:
+                if written < size:
+                    break
+                written -= size
+                whole += 1
+            worker.undelivered += len(frames) - whole
+            worker.stranded += written
+
+    def _flush(self, worker: _Worker) -> None:
+        """Write the worker's batched frames; the caller holds its ``send_lock``."""
+        frames = worker.pending[:]
+        worker.pending.clear()
+        self._write(worker, frames)
+
+    def _flush_for_result_thread(self, worker: _Worker) -> None:
+        # The worker is running low on written tasks: write its batched ones.
+        # Never blocks, or the task thread (blocked writing to a full pipe)
+        # and this thread (which empties the worker's results pipe) could wait
+        # on each other: the lock is only tried (the task thread then flushes,
+        # seeing flush_wanted), and the frames are written only if they fit in
+        # the pipe whole.
+        worker.flush_wanted = True
+        if not worker.send_lock.acquire(blocking=False):
+            return
+        try:
+            worker.flush_wanted = False
+            pending = worker.pending
+            if not pending or len(worker.inflight) - len(pending) >= _BATCH_LOW:
+                return
+            size = sum(len(frame) + 4 for frame in pending)
+            if _unread_bytes(worker.tasks) + size <= worker.pipe_size:
+                self._flush(worker)
+        finally:
+            worker.send_lock.release()
 
     def _stop_workers(self) -> None:
         with self._cond:
             workers = list(self._workers.values())
         for worker in workers:
-            with contextlib.suppress(OSError):
-                worker.tasks.send_bytes(STOP)
+            with worker.send_lock:
+                if worker.pending:
+                    self._flush(worker)
+                with contextlib.suppress(OSError):
+                    worker.tasks.send_bytes(STOP)
 
     def abort(self) -> None:
         """Stop sending: the pool is terminating (wakes a blocked ``put``)."""
@@ -496,11 +608,55 @@ class Dispatcher:
         return self._ready.popleft()
 
     def _receive(self, worker: _Worker) -> None:
+        # Read whatever the pipe holds, then handle every whole frame in it: a
+        # worker that got ahead of this thread costs one read for many results.
+        fd = worker.results.fileno()
         try:
-            data = worker.results.recv_bytes()
-        except (EOFError, OSError):
+            chunk = os.read(fd, _READ_SIZE)
+        except OSError:
+            chunk = b""
+        if not chunk:
             self._worker_ended(worker)
             return
+        buf = worker.unread
+        buf += chunk
+        start, end = 0, len(buf)
+        while end - start >= 4:
+            (size,) = _SIZE.unpack_from(buf, start)
+            head = 4
+            if size == -1:  # a frame of 2 GiB or more: its size follows
+                if end - start < 12:
+                    break
+                (size,) = _BIG_SIZE.unpack_from(buf, start + 4)
+                head = 12
+            if end - start - head < size:
+                if size <= _READ_SIZE:
+                    break  # the rest is on its way: wait for the pipe
+                # A big frame: read the rest of it now, straight into place.
+                data = bytearray(size)
+                have = end - start - head
+                data[:have] = buf[start + head : end]
+                del buf[:]
+                view = memoryview(data)
+                try:
+                    while have < size:
+                        count = os.readv(fd, [view[have:]])
+                        if not count:
+                            raise EOFError
+                        have += count
+                except (EOFError, OSError):
+                    self._worker_ended(worker)
+                    return
+                finally:
+                    view.release()
+                self._handle(worker, bytes(data))
+                return
+            frame = bytes(buf[start + head : start + head + size])
+            start += head + size
+            self._handle(worker, frame)
+        del buf[:start]
+
+    def _handle(self, worker: _Worker, data: bytes) -> None:
         job, index = HEADER.unpack_from(data)
         if job == WORKER_READY:
             worker.ready = True
@@ -522,6 +678,8 @@ class Dispatcher:
             return  # already settled otherwise (its worker was written off)
         inflight.popleft()
         worker.received += 1
+        if worker.pending and len(inflight) - len(worker.pending) < _BATCH_LOW:
+            self._flush_for_result_thread(worker)
         self._cancelled.discard(job)  # its one task is back: nothing more to skip
         if self._sender_waiting and len(inflight) <= worker.depth // 2:
             with self._cond:
@@ -538,7 +696,8 @@ class Dispatcher:
         cancelled_before = set(self._cancelled)
         with worker.send_lock:  # no send to it is under way any more
             unread = _unread_bytes(worker.tasks) - worker.stranded
-            delivered = len(held) - worker.undelivered
+            delivered = len(held) - worker.undelivered - len(worker.pending)
+            worker.pending.clear()
             worker.tasks.close()
         worker.results.close()
         # Delivered tasks whose bytes are still in the pipe never started; so

@@ -101,12 +101,12 @@ class ShippedCallable:
             if func is not None:
                 _loaded.move_to_end(self.key)
                 return func
-        func = self.payload.load(f"the task callable {self.label}")
+        loaded: Callable[..., Any] = self.payload.load(f"the task callable {self.label}")
         with _loaded_lock:
-            _loaded[self.key] = func
+            _loaded[self.key] = loaded
             if len(_loaded) > _LOADED_MAX:
                 _loaded.popitem(last=False)
-        return func
+        return loaded
 
     def __call__(self, *args: Any, **kwds: Any) -> Any:
         return self.resolve()(*args, **kwds)

@@ -70,6 +70,28 @@ def test_worker_dies_while_running_a_task(fresh_pool: MethodPool, how: str, repo
     still_works(fresh_pool)
 
 
+@pytest.mark.parametrize("victim", [0, 1, 2_500, 4_999])
+def test_worker_dies_in_a_stream_of_tiny_tasks(fresh_pool: MethodPool, victim: int) -> None:
+    # Tiny tasks reach a busy worker in batches (several frames per write,
+    # some held back until it runs low): a worker killed in the middle of
+    # them fails only the task it ran; every other result arrives, once.
+    task = functools.partial(die_on, victim=victim)
+    outcomes: dict[int, object] = {}
+    results = fresh_pool.imap(task, range(5_000))
+    for x in range(5_000):
+        try:
+            outcomes[x] = next(results)
+        except WorkerLostError as exc:
+            outcomes[x] = exc
+    with pytest.raises(StopIteration):
+        next(results)
+    assert isinstance(outcomes.pop(victim), WorkerLostError)
+    assert outcomes == {x: x * x for x in range(5_000) if x != victim}
+    dispatcher = fresh_pool._dispatcher
+    assert dispatcher.writes < dispatcher.frames_written / 2, "the tasks were not batched"
+    still_works(fresh_pool)
+
+
 def test_worker_dies_during_map_fails_only_its_chunk(fresh_pool: MethodPool) -> None:
     result = fresh_pool.map_async(die_on, range(10), chunksize=1)
     with pytest.raises(WorkerLostError):
