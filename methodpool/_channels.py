@@ -479,8 +479,10 @@ class Dispatcher:
         with worker.send_lock:
             pending = worker.pending
             written_outstanding = len(worker.inflight) - len(pending) - 1
-            if len(frame) <= _BATCH_FRAME_MAX and worker.pipe_size and (
-                pending or written_outstanding >= _BATCH_LOW
+            if (
+                len(frame) <= _BATCH_FRAME_MAX
+                and worker.pipe_size
+                and (pending or written_outstanding >= _BATCH_LOW)
             ):
                 # The worker has work queued: batch this frame with the next
                 # ones, so that many tasks cost one system call and one wake-up.
