@@ -7,6 +7,7 @@ progress goes to stderr.  See ``benchmarks/README.md``.
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import datetime
 import functools
@@ -96,6 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     def selected(workload: str) -> bool:
         return not args.only or any(text in workload for text in args.only)
 
+    # Workers started by spawn and forkserver import methodpool afresh.  The
+    # standard library and the peers (installed from wheels) come with their
+    # bytecode compiled; an editable checkout, with PYTHONDONTWRITEBYTECODE
+    # set, would be compiled from source in every worker.  Compile it, as
+    # `pip install` does.
+    import methodpool
+
+    compileall.compile_dir(Path(methodpool.__file__).parent, quiet=1)
     systems = all_systems()
     source = source_version()  # before the run: others may commit meanwhile
     load = os.getloadavg()[0]

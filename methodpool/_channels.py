@@ -75,7 +75,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backend import MaybeEncodingError, new_worker_process, reaped_exitcode
 from ._errors import (
@@ -87,7 +87,9 @@ from ._errors import (
 )
 from ._serializers import Serializer
 from ._shipping import Payload, encode
-from ._stats import StatsCollector
+
+if TYPE_CHECKING:  # workers import this module: they start faster without _stats
+    from ._stats import StatsCollector
 
 HEADER = struct.Struct("<qq")
 PROTOCOL = pickle.HIGHEST_PROTOCOL

@@ -41,9 +41,8 @@ import pickle
 import sys
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ._errors import PoolUsedInWorkerError
 
@@ -59,8 +58,7 @@ class SupportsDumpsLoads(Protocol):
     def loads(self, data: bytes, /) -> Any: ...
 
 
-@dataclass(frozen=True)
-class Serializer:
+class Serializer(NamedTuple):
     """A named pair of ``dumps`` and ``loads`` (see the module docstring)."""
 
     name: str

@@ -12,7 +12,6 @@ tasks after the first one pay only for carrying the bytes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import reprlib
@@ -188,5 +187,7 @@ def ship_callable(func: Any, chain: Iterable[Serializer]) -> ShippedCallable:
     label = describe(func)
     root = getattr(func, "__qualname__", None) or type(func).__qualname__
     payload = encode(func, chain, label, root)
+    import hashlib  # here, not at the top: workers never hash, and start faster without it
+
     key = hashlib.blake2b(payload.data, digest_size=_KEY_BYTES).digest()  # type: ignore[arg-type]
     return ShippedCallable(key, label, payload)
