@@ -86,12 +86,15 @@ from ._errors import (
     WorkerLostError,
 )
 from ._serializers import Serializer
-from ._shipping import Payload, encode
+from ._shipping import Payload, ShippedCallable, encode
 
 if TYPE_CHECKING:  # workers import this module: they start faster without _stats
     from ._stats import StatsCollector
 
 HEADER = struct.Struct("<qq")
+# A task frame's header: HEADER's fields, then the length of the shipped
+# callable's wire form that follows it (0: the callable is in the pickle).
+TASK_HEADER = struct.Struct("<qqI")
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 STOP = b"\0"  # shorter than a header: tells a worker to exit
 INITIALIZER_FAILED = -1  # job number of the frame a worker sends when its initializer raised
@@ -128,6 +131,16 @@ def _frame(job: int, index: int, body: Any, pickler: type[pickle.Pickler]) -> by
     return buf.getvalue()
 
 
+def _task_frame(
+    job: int, index: int, wire: bytes, body: Any, pickler: type[pickle.Pickler]
+) -> bytes:
+    buf = io.BytesIO()
+    buf.write(TASK_HEADER.pack(job, index, len(wire)))
+    buf.write(wire)
+    pickler(buf, PROTOCOL).dump(body)
+    return buf.getvalue()
+
+
 def encode_task(
     task: tuple[int, int, Any, Any, Any],
     pickler: type[pickle.Pickler],
@@ -135,13 +148,20 @@ def encode_task(
 ) -> bytes:
     """The frame of a stdlib task tuple.
 
+    A shipped callable goes ahead of the pickle, as its ready-made wire form
+    (the worker then skips it if it has that callable loaded); the pickle
+    holds ``None`` in its place.
+
     Raises :class:`~methodpool.SerializationError` if neither ``pickler`` nor
     the ``fallback`` serializers can carry its arguments; without fallback
     (``serializer="pickle"``), the pickler's own error, as the stdlib does.
     """
     job, index, func, args, kwds = task
+    wire = b""
+    if type(func) is ShippedCallable:
+        wire, func = func.wire(), None
     try:
-        return _frame(job, index, (func, args, kwds), pickler)
+        return _task_frame(job, index, wire, (func, args, kwds), pickler)
     except Exception:
         if not fallback:
             raise  # serializer="pickle": the stdlib's own error
@@ -154,7 +174,7 @@ def encode_task(
             encode(args, chain, what, "args")
             encode(kwds, chain, what, "kwds")
             raise
-        return _frame(job, index, (func, boxed, None), ForkingPickler)
+        return _task_frame(job, index, wire, (func, boxed, None), ForkingPickler)
 
 
 def encode_result(

@@ -79,15 +79,20 @@ class ShippedCallable:
         self.payload = payload
         self._wire: bytes | None = None
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Every task carries its callable, so this runs once per task: pickle
-        # the parts once, and let the receiving side skip them when it has
-        # already loaded this key (see _arrive).
+    def wire(self) -> bytes:
+        """This callable as bytes for :func:`arrive`: the key, then the pickled parts.
+
+        Every task carries its callable: the parts are pickled once, and the
+        receiving side skips them when it has already loaded this key.
+        """
         if self._wire is None:
             self._wire = self.key + pickle.dumps(
                 (self.label, self.payload), pickle.HIGHEST_PROTOCOL
             )
-        return (_arrive, (self._wire,))
+        return self._wire
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (arrive, (self.wire(),))
 
     def __repr__(self) -> str:
         return f"<ShippedCallable {self.label} via {self.payload.serializer!r}>"
@@ -119,10 +124,10 @@ _loaded: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
 _loaded_lock = threading.Lock()
 
 
-def _arrive(wire: bytes) -> Any:
-    # Unpickling a ShippedCallable: the loaded callable itself if this process
-    # has it, else a ShippedCallable to be resolved (and its errors reported)
-    # by the task that uses it.
+def arrive(wire: bytes) -> Any:
+    """The callable of a :meth:`ShippedCallable.wire`: the loaded callable itself
+    if this process has it, else a ShippedCallable, to be resolved (and its
+    errors reported) by the task that uses it."""
     key = wire[:_KEY_BYTES]
     func = _loaded.get(key)
     if func is not None:

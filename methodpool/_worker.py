@@ -41,10 +41,17 @@ from ._backend import (
     mapstar,
     starmapstar,
 )
-from ._channels import HEADER, INITIALIZER_FAILED, WORKER_READY, encode_result, parent_ends
+from ._channels import (
+    HEADER,
+    INITIALIZER_FAILED,
+    TASK_HEADER,
+    WORKER_READY,
+    encode_result,
+    parent_ends,
+)
 from ._errors import DeserializationError, RemoteTaskError
 from ._serializers import Serializer
-from ._shipping import Payload, encode, resolve
+from ._shipping import Payload, arrive, encode, resolve
 
 
 def _travels(exc: BaseException, fallback: Sequence[Serializer]) -> bool:
@@ -75,15 +82,20 @@ def portable_exception(exc: BaseException, fallback: Sequence[Serializer]) -> An
     return wrapped
 
 
-def _load_task(body: memoryview) -> tuple[Callable[..., Any], Any, Any]:
+def _load_task(data: bytes) -> tuple[Callable[..., Any], Any, Any]:
+    _, _, wire_size = TASK_HEADER.unpack_from(data)
+    start = TASK_HEADER.size
     try:
-        func, args, kwds = pickle.loads(body)
+        shipped = arrive(data[start : start + wire_size]) if wire_size else None
+        func, args, kwds = pickle.loads(memoryview(data)[start + wire_size :])
     except Exception as exc:
         raise DeserializationError(
             f"could not load the task in the worker: {type(exc).__name__}: {exc} — every "
             "module its arguments need must be importable in worker processes; objects "
             "defined in __main__ travel by value with serializer='auto', 'cloudpickle' or 'dill'"
         ) from exc
+    if shipped is not None:
+        func = shipped
     if type(args) is Payload:
         args, kwds = args.load("the task's arguments")
     if func is mapstar or func is starmapstar:
@@ -98,7 +110,7 @@ def run_task(data: bytes, fallback: Sequence[Serializer]) -> tuple[bool, Any]:
     """Load and run one task frame: ``(True, result)`` or ``(False, exception)``."""
     func = None
     try:
-        func, args, kwds = _load_task(memoryview(data)[HEADER.size :])
+        func, args, kwds = _load_task(data)
         return True, func(*args, **kwds)
     except BaseException as exc:
         # _guarded_task_generation's stand-in task re-raises the input
