@@ -25,8 +25,8 @@ from .report import RunInfo, write_report
 from .systems import all_systems
 from .workloads import PIPE_MESSAGES, START_METHODS, THROUGHPUT
 
-FULL = Settings(repeat=3, box=1.0, item_scale=1.0)
-QUICK = Settings(repeat=1, box=0.5, item_scale=0.25)
+FULL = Settings(repeat=3, startup_repeat=7, box=1.0, item_scale=1.0)
+QUICK = Settings(repeat=1, startup_repeat=3, box=0.5, item_scale=0.25)
 
 
 def cpu_model() -> str:

@@ -39,11 +39,14 @@ UNSUPPORTED = "no such start method"
 
 @dataclass(frozen=True)
 class Settings:
-    """How much to run: ``repeat`` timed calls per case, ``box`` seconds per
-    time-boxed call, ``item_scale`` times each workload's item count."""
+    """How much to run: ``repeat`` timed calls per throughput case,
+    ``startup_repeat`` fresh pools per start-up case (each takes only tens of
+    milliseconds, and varies more), ``box`` seconds per time-boxed call,
+    ``item_scale`` times each workload's item count."""
 
     workers: int = 2
     repeat: int = 3
+    startup_repeat: int = 7
     box: float = 1.0
     item_scale: float = 1.0
 
@@ -243,7 +246,8 @@ def run_throughput(system: System, workload: Workload, settings: Settings) -> Re
 def run_startup(system: System, start_method: str, settings: Settings) -> Result:
     """Seconds from creating the pool to the first result of a trivial task.
 
-    A fresh pool per repeat; closing it is not timed.
+    A fresh pool per repeat (``settings.startup_repeat`` of them); closing
+    it is not timed.
     """
     result = Result(system.name, f"startup/{start_method}", "s")
     if system.missing():
@@ -252,7 +256,7 @@ def run_startup(system: System, start_method: str, settings: Settings) -> Result
     if start_method not in system.start_methods:
         result.error = UNSUPPORTED
         return result
-    for _ in range(settings.repeat):
+    for _ in range(settings.startup_repeat):
         with pool_case(system, result):
             with deadline(START_DEADLINE, f"starting {system.name}"):
                 start = time.perf_counter()

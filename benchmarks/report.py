@@ -285,7 +285,8 @@ def render_markdown(results: Sequence[Result], systems: Sequence[System], info: 
         f"1-minute load average at the start: {info.load:.1f} (other processes competing "
         "for the CPUs make every number noisier)",
         f"- {_versions()}",
-        f"- {s.workers} workers per pool; median of {s.repeat} timed repeat(s) per case; "
+        f"- {s.workers} workers per pool; median of {s.repeat} timed repeat(s) per "
+        f"throughput case and of {s.startup_repeat} fresh pools per start-up case; "
         f"each call time-boxed to ~{s.box:g} s (fewer items for slower systems; item "
         f"counts × {s.item_scale:g}); a call that takes over {CALL_DEADLINE:g} s is "
         "stopped and recorded as failed.",
