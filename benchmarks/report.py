@@ -241,6 +241,102 @@ def _cluster(table: _Results) -> list[str]:
     return [_row(header), _row(["---", "---:", "---:", "---:"]), *rows]
 
 
+def _targets(table: _Results, systems: Sequence[System]) -> list[str]:
+    """MethodPool[auto] against the targets set for it, each with its measured value."""
+    auto = MethodPoolSystem.name_for("auto")
+
+    def rate(system: str, workload: str) -> float | None:
+        result = table.get(system, workload)
+        return result.median if result is not None else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    rows: list[tuple[str, str, float | None, float, bool]] = []
+    # (what, compared with, measured ratio, target, higher is the goal)
+    rows.append(
+        (
+            "`method-2MB/imap1`",
+            BASELINE + " on the same",
+            ratio(rate(auto, "method-2MB/imap1"), rate(BASELINE, "method-2MB/imap1")),
+            30.0,
+            True,
+        )
+    )
+    rows.append(
+        (
+            "`method-2MB/imap1`",
+            f"{auto} on `function/imap1`",
+            ratio(rate(auto, "method-2MB/imap1"), rate(auto, "function/imap1")),
+            1 / 1.5,
+            True,
+        )
+    )
+    for workload in ("lambda/imap1", "closure/imap1"):
+        rows.append(
+            (
+                f"`{workload}`",
+                f"{BASELINE} on `function/imap1`",
+                ratio(rate(auto, workload), rate(BASELINE, "function/imap1")),
+                0.9,
+                True,
+            )
+        )
+        peers = [
+            r
+            for s in systems
+            if not s.name.startswith(("MethodPool", "DaskPool"))
+            and (r := rate(s.name, workload)) is not None
+        ]
+        rows.append(
+            (
+                f"`{workload}`",
+                "the fastest peer that runs it",
+                ratio(rate(auto, workload), max(peers) if peers else None),
+                3.0,
+                True,
+            )
+        )
+    for workload in ("function/map", "function/imap1"):
+        rows.append(
+            (
+                f"`{workload}`",
+                BASELINE,
+                ratio(rate(auto, workload), rate(BASELINE, workload)),
+                0.95,
+                True,
+            )
+        )
+    for method in START_METHODS:
+        workload = f"startup/{method}"
+        rows.append(
+            (
+                f"`{workload}` (time)",
+                BASELINE,
+                ratio(rate(auto, workload), rate(BASELINE, workload)),
+                1.2,
+                False,
+            )
+        )
+    lines = [
+        _row(["workload", "against", "measured", "target", "met"]),
+        _row(["---", "---", "---:", "---:", "---"]),
+    ]
+    for what, against, measured, target, higher in rows:
+        if measured is None:
+            continue
+        met = measured >= target if higher else measured <= target
+        goal = f"≥ {target:.2g}×" if higher else f"≤ {target:.2g}×"
+        lines.append(_row([what, against, f"{measured:.2f}×", goal, "yes" if met else "**no**"]))
+    heavy = table.get(auto, "method-20MB/imap1")
+    if heavy is not None and heavy.counters is not None and heavy.items:
+        per_task = heavy.counters.bytes_written / heavy.items
+        met = "yes" if per_task < 1000 else "**no**"
+        cells = ["`method-20MB/imap1`", "bytes to the task pipe per task"]
+        lines.append(_row([*cells, _size(per_task), "< 1 kB", met]))
+    return lines if len(lines) > 2 else []
+
+
 def _versions() -> str:
     found = []
     for package in PACKAGES:
@@ -345,6 +441,18 @@ def render_markdown(results: Sequence[Result], systems: Sequence[System], info: 
             "by the stdlib rule); start: `startup/spawn`, pool creation to first result.",
             "",
             *cluster,
+        ]
+    targets = _targets(table, systems)
+    if targets:
+        out += [
+            "",
+            "## MethodPool[auto] against its targets",
+            "",
+            "The targets of the performance issue, from this run's medians: a ratio is "
+            "MethodPool[auto]'s rate over the other's (for start-up, its time over the "
+            "other's).",
+            "",
+            *targets,
         ]
     out += ["", "## Reading", "", *_reading(table, systems)]
     out += ["", "## Failures", "", *_failures(results)]
