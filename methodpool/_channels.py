@@ -45,7 +45,8 @@ goes out when it is full, when a big frame must follow it, when the pool
 stops the workers, or as soon as the worker runs low, which the result
 thread sees (it writes the batch itself if the pipe has room, else leaves it
 to the task thread: it must never block on a worker's pipe).  Results are
-read a pipe-full at a time, every whole frame in it handled in turn.
+read a pipe-full at a time (:class:`FrameReader`), every whole frame in it
+handled in turn.
 
 Frames.  Both pipes carry ``<job:int64><index:int64><pickle>``.  The header
 is readable even when the pickle is not, so a task or result that cannot be
@@ -253,6 +254,61 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+class FrameReader:
+    """Reads ``Connection.send_bytes`` messages from a pipe, many per system call."""
+
+    __slots__ = ("_buf", "_fd")
+
+    def __init__(self, conn: Connection) -> None:
+        self._fd = conn.fileno()
+        self._buf = bytearray()
+
+    def read(self) -> list[bytes]:
+        """Wait for the pipe to hold something, read what it holds, and return
+        the whole messages read so far (maybe none: the rest of one is on its
+        way).  A message bigger than one read is read to its end, straight
+        into place.  Raises :class:`EOFError` at end of file (a message cut
+        short is dropped), or :class:`OSError`.
+        """
+        chunk = os.read(self._fd, _READ_SIZE)
+        if not chunk:
+            raise EOFError
+        buf = self._buf
+        buf += chunk
+        frames = []
+        start, end = 0, len(buf)
+        while end - start >= 4:
+            (size,) = _SIZE.unpack_from(buf, start)
+            head = 4
+            if size == -1:  # a message of 2 GiB or more: its size follows
+                if end - start < 12:
+                    break
+                (size,) = _BIG_SIZE.unpack_from(buf, start + 4)
+                head = 12
+            if end - start - head < size:
+                if size > _READ_SIZE:
+                    frames.append(self._read_rest(size, start + head))
+                    return frames
+                break  # the rest is on its way
+            frames.append(bytes(buf[start + head : start + head + size]))
+            start += head + size
+        del buf[:start]
+        return frames
+
+    def _read_rest(self, size: int, start: int) -> bytes:
+        data = bytearray(size)
+        have = len(self._buf) - start
+        data[:have] = self._buf[start:]
+        self._buf.clear()
+        with memoryview(data) as view:
+            while have < size:
+                count = os.readv(self._fd, [view[have:]])
+                if not count:
+                    raise EOFError
+                have += count
+        return bytes(data)
+
+
 class _Worker:
     """The parent's view of one worker: its pipes and the tasks it holds."""
 
@@ -265,6 +321,7 @@ class _Worker:
         "pending",
         "pipe_size",
         "process",
+        "reader",
         "ready",
         "received",
         "results",
@@ -274,14 +331,13 @@ class _Worker:
         "stranded",
         "tasks",
         "undelivered",
-        "unread",
     )
 
     def __init__(self, process: Any, tasks: Connection, results: Connection) -> None:
         self.process = process
         self.tasks = tasks  # parent writes
         self.results = results  # parent reads
-        self.unread = bytearray()  # bytes read from results, not handled yet
+        self.reader = FrameReader(results)
         # (job, index, frame, when sent), oldest (running) first
         self.inflight: collections.deque[tuple[int, int, bytes, float]] = collections.deque()
         self.sent = 0
@@ -632,53 +688,15 @@ class Dispatcher:
         return self._ready.popleft()
 
     def _receive(self, worker: _Worker) -> None:
-        # Read whatever the pipe holds, then handle every whole frame in it: a
+        # Whatever the pipe holds, every whole frame in it handled in turn: a
         # worker that got ahead of this thread costs one read for many results.
-        fd = worker.results.fileno()
         try:
-            chunk = os.read(fd, _READ_SIZE)
-        except OSError:
-            chunk = b""
-        if not chunk:
+            frames = worker.reader.read()
+        except (EOFError, OSError):
             self._worker_ended(worker)
             return
-        buf = worker.unread
-        buf += chunk
-        start, end = 0, len(buf)
-        while end - start >= 4:
-            (size,) = _SIZE.unpack_from(buf, start)
-            head = 4
-            if size == -1:  # a frame of 2 GiB or more: its size follows
-                if end - start < 12:
-                    break
-                (size,) = _BIG_SIZE.unpack_from(buf, start + 4)
-                head = 12
-            if end - start - head < size:
-                if size <= _READ_SIZE:
-                    break  # the rest is on its way: wait for the pipe
-                # A big frame: read the rest of it now, straight into place.
-                data = bytearray(size)
-                have = end - start - head
-                data[:have] = buf[start + head : end]
-                del buf[:]
-                view = memoryview(data)
-                try:
-                    while have < size:
-                        count = os.readv(fd, [view[have:]])
-                        if not count:
-                            raise EOFError
-                        have += count
-                except (EOFError, OSError):
-                    self._worker_ended(worker)
-                    return
-                finally:
-                    view.release()
-                self._handle(worker, bytes(data))
-                return
-            frame = bytes(buf[start + head : start + head + size])
-            start += head + size
+        for frame in frames:
             self._handle(worker, frame)
-        del buf[:start]
 
     def _handle(self, worker: _Worker, data: bytes) -> None:
         job, index = HEADER.unpack_from(data)
