@@ -36,7 +36,6 @@ then unlink, or warn about, segments the parent still owns.
 
 from __future__ import annotations
 
-import mmap
 import multiprocessing.context
 import multiprocessing.pool
 import os
@@ -184,6 +183,8 @@ def read_shared_memory(name: str, size: int) -> bytes:
 
     fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDONLY, mode=0o600)
     try:
+        import mmap  # here: only a worker given a big callable needs it
+
         with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as view:
             return view[:size]
     finally:

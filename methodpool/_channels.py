@@ -69,7 +69,6 @@ import pickle
 import selectors
 import signal
 import struct
-import termios
 import threading
 import time
 import weakref
@@ -228,6 +227,8 @@ def _length_prefix(size: int) -> bytes:
 
 def _unread_bytes(conn: Connection) -> int:
     """Bytes written to ``conn``'s pipe and not read yet (0 if the OS will not say)."""
+    import termios  # here, not at the top: workers never need it, and start faster
+
     try:
         answer = fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0\0\0\0")
     except OSError:

@@ -243,9 +243,20 @@ _REGISTRY: dict[str, Serializer] = {s.name: s for s in (PICKLE, CLOUDPICKLE, DIL
 _NEEDS_PACKAGE = {"cloudpickle": "cloudpickle", "dill": "dill"}
 
 
+# Packages found installed: looking one up scans sys.path, which would cost
+# every pool's construction about half a millisecond.  Not finding one is not
+# remembered, so that installing it later works.
+_found: set[str] = set()
+
+
 def _available(name: str) -> bool:
     package = _NEEDS_PACKAGE.get(name)
-    return package is None or importlib.util.find_spec(package) is not None
+    if package is None or package in _found:
+        return True
+    if importlib.util.find_spec(package) is None:
+        return False
+    _found.add(package)
+    return True
 
 
 class _ByValue:

@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._diagnose import find_unserializable
 from ._errors import DeserializationError, SerializationError
 from ._serializers import CLOUDPICKLE, DILL, PICKLE, Loads, Serializer
 
@@ -176,6 +175,8 @@ def encode(obj: Any, chain: Iterable[Serializer], what: str, root: str) -> Paylo
         except Exception as exc:
             failures.append((serializer, exc))
     tried = [serializer for serializer, _ in failures]
+    from ._diagnose import find_unserializable  # only after a failure
+
     path, culprit, error = find_unserializable(obj, tried[-1].dumps, root)
     error = error or failures[-1][1]
     names = " or ".join(repr(s.name) for s in dict.fromkeys(tried))

@@ -17,6 +17,7 @@ from callables import Affine, WithLock, make_closure
 from conftest import SharedPools
 
 import methodpool
+import methodpool._serializers
 from methodpool import MethodPool, SerializationError, register_serializer
 from methodpool._serializers import _REGISTRY
 
@@ -118,6 +119,7 @@ def test_missing_package_is_an_import_error_with_the_fix(monkeypatch: pytest.Mon
         return None if name == "dill" else real_find_spec(name, *args)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(methodpool._serializers, "_found", set())  # forget it was found
     with pytest.raises(ImportError, match="pip install dill"):
         MethodPool(1, serializer="dill")
 
