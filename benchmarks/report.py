@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import CALL_DEADLINE, NOT_INSTALLED, UNSUPPORTED, Result, Settings
+from .harness import CALL_DEADLINE, MAX_REPEAT, NOT_INSTALLED, UNSUPPORTED, Result, Settings
 from .systems import DaskPoolSystem, MethodPoolSystem, StdlibPool, System
 from .workloads import MB, PIPE_MESSAGES, START_METHODS, THROUGHPUT
 
@@ -381,8 +381,10 @@ def render_markdown(results: Sequence[Result], systems: Sequence[System], info: 
         f"1-minute load average at the start: {info.load:.1f} (other processes competing "
         "for the CPUs make every number noisier)",
         f"- {_versions()}",
-        f"- {s.workers} workers per pool; median of {s.repeat} timed repeat(s) per "
-        f"throughput case and of {s.startup_repeat} fresh pools per start-up case; "
+        f"- {s.workers} workers per pool; median of at least {s.repeat} timed call(s) per "
+        f"throughput case (calls shorter than the box repeat until ~{2 * s.box:g} s are "
+        f"measured, at most {MAX_REPEAT}) and of {s.startup_repeat} fresh pools per "
+        "start-up case; "
         f"each call time-boxed to ~{s.box:g} s (fewer items for slower systems; item "
         f"counts × {s.item_scale:g}); a call that takes over {CALL_DEADLINE:g} s is "
         "stopped and recorded as failed.",
