@@ -122,22 +122,12 @@ _REQUEUE = ("requeue",)  # put on the pool's task queue to make the task handler
 parent_ends: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
-def _frame(job: int, index: int, body: Any, pickler: type[pickle.Pickler]) -> bytes:
+def _frame(head: bytes, body: Any, pickler: type[pickle.Pickler]) -> bytes:
     buf = io.BytesIO()
-    buf.write(HEADER.pack(job, index))
+    buf.write(head)
     pickler(buf, PROTOCOL).dump(body)
     # bytes, not getbuffer(): a frame may wait in a queue or be garbage
     # collected at any time, and a BytesIO with a live export must not be.
-    return buf.getvalue()
-
-
-def _task_frame(
-    job: int, index: int, wire: bytes, body: Any, pickler: type[pickle.Pickler]
-) -> bytes:
-    buf = io.BytesIO()
-    buf.write(TASK_HEADER.pack(job, index, len(wire)))
-    buf.write(wire)
-    pickler(buf, PROTOCOL).dump(body)
     return buf.getvalue()
 
 
@@ -160,8 +150,9 @@ def encode_task(
     wire = b""
     if type(func) is ShippedCallable:
         wire, func = func.wire(), None
+    head = TASK_HEADER.pack(job, index, len(wire)) + wire
     try:
-        return _task_frame(job, index, wire, (func, args, kwds), pickler)
+        return _frame(head, (func, args, kwds), pickler)
     except Exception:
         if not fallback:
             raise  # serializer="pickle": the stdlib's own error
@@ -174,7 +165,7 @@ def encode_task(
             encode(args, chain, what, "args")
             encode(kwds, chain, what, "kwds")
             raise
-        return _task_frame(job, index, wire, (func, boxed, None), ForkingPickler)
+        return _frame(head, (func, boxed, None), ForkingPickler)
 
 
 def encode_result(
@@ -186,16 +177,16 @@ def encode_result(
     the value, the task fails with the stdlib's ``MaybeEncodingError``.
     """
     try:
-        return _frame(job, index, (ok, value), ForkingPickler)
+        return _frame(HEADER.pack(job, index), (ok, value), ForkingPickler)
     except Exception as exc:
         try:
             if not fallback:
                 raise
             boxed = encode(value, fallback, f"the result of task {index}", "result")
-            return _frame(job, index, (ok, boxed), ForkingPickler)
+            return _frame(HEADER.pack(job, index), (ok, boxed), ForkingPickler)
         except Exception:
             wrapped = MaybeEncodingError(exc, value)  # as the stdlib: repr(value)
-            return _frame(job, index, (False, wrapped), ForkingPickler)
+            return _frame(HEADER.pack(job, index), (False, wrapped), ForkingPickler)
 
 
 def decode_result(data: bytes) -> tuple[int, int, tuple[bool, Any]]:
@@ -355,6 +346,14 @@ class _Worker:
         self.depth = MIN_DEPTH
         self.service_time = math.inf  # moving average of the time between results
         self.last_result = time.monotonic()
+
+    def written(self) -> int:
+        """Tasks written to its pipe and not done yet (held, less the batched ones)."""
+        return len(self.inflight) - len(self.pending)
+
+    def needs_flush(self) -> bool:
+        """Whether its batched frames must go out now: it is running low on written tasks."""
+        return bool(self.pending) and self.written() < _BATCH_LOW
 
     def result_arrived(self) -> None:
         """Update the service time estimate and the depth it allows."""
@@ -557,11 +556,11 @@ class Dispatcher:
                 stats.task_sent(len(frame))
         with worker.send_lock:
             pending = worker.pending
-            written_outstanding = len(worker.inflight) - len(pending) - 1
             if (
                 len(frame) <= _BATCH_FRAME_MAX
                 and worker.pipe_size
-                and (pending or written_outstanding >= _BATCH_LOW)
+                # written() - 1: this frame is held, neither written nor batched yet
+                and (pending or worker.written() - 1 >= _BATCH_LOW)
             ):
                 # The worker has work queued: batch this frame with the next
                 # ones, so that many tasks cost one system call and one wake-up.
@@ -572,12 +571,12 @@ class Dispatcher:
                 if pending:
                     self._flush(worker)
                 self._write(worker, [frame])
-            if pending and len(worker.inflight) - len(pending) < _BATCH_LOW:
+            if worker.needs_flush():
                 self._flush(worker)
         if worker.flush_wanted:
             with worker.send_lock:
                 worker.flush_wanted = False
-                if worker.pending and len(worker.inflight) - len(worker.pending) < _BATCH_LOW:
+                if worker.needs_flush():
                     self._flush(worker)
         if runs_now and job in self._job_timeouts:
             self._wake()  # the result thread must now wait with this task's deadline
@@ -634,10 +633,9 @@ class Dispatcher:
             return
         try:
             worker.flush_wanted = False
-            pending = worker.pending
-            if not pending or len(worker.inflight) - len(pending) >= _BATCH_LOW:
+            if not worker.needs_flush():
                 return
-            size = sum(len(frame) + 4 for frame in pending)
+            size = sum(len(frame) + 4 for frame in worker.pending)
             if _unread_bytes(worker.tasks) + size <= worker.pipe_size:
                 self._flush(worker)
         finally:
@@ -721,7 +719,7 @@ class Dispatcher:
             return  # already settled otherwise (its worker was written off)
         inflight.popleft()
         worker.received += 1
-        if worker.pending and len(inflight) - len(worker.pending) < _BATCH_LOW:
+        if worker.needs_flush():
             self._flush_for_result_thread(worker)
         self._cancelled.discard(job)  # its one task is back: nothing more to skip
         if self._sender_waiting and len(inflight) <= worker.depth // 2:
