@@ -424,9 +424,8 @@ def render_markdown(results: Sequence[Result], systems: Sequence[System], info: 
             "",
             "Each cell: bytes written to the task pipe per task · frames written per "
             "call (a frame is one task, or one chunk of tasks) · callables serialized "
-            "per call.  Read from private counters: `bytes_written` and `frames_written` "
-            "of `pool._quick_put` (or of the object it is a bound method of), and "
-            "`pool._callables_serialized`.",
+            "per call.  Read from the pool's private totals, `pool._counters` "
+            "(`methodpool._stats.PoolCounters`), which the tests read too.",
             "",
             *counters,
         ]

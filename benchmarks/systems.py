@@ -143,17 +143,14 @@ class MethodPoolSystem(StdlibPool):
         return MethodPool(workers, context=context, serializer=self.serializer)
 
     def task_pipe_counters(self) -> PipeCounters | None:
-        # Private counters, kept by MethodPool for tests and benchmarks, on the
-        # object behind _quick_put (the writer, or the owner of a bound method).
-        # None where this version of methodpool does not keep them.
-        writer = self._pool._quick_put
-        writer = getattr(writer, "__self__", writer)
-        try:
-            return PipeCounters(
-                writer.bytes_written, writer.frames_written, self._pool._callables_serialized
-            )
-        except AttributeError:
+        # The pool's private totals (methodpool._stats.PoolCounters), the ones
+        # the tests read too; None where this version of methodpool keeps none.
+        counters = getattr(self._pool, "_counters", None)
+        if counters is None:
             return None
+        return PipeCounters(
+            counters.bytes_written, counters.frames_written, counters.callables_serialized
+        )
 
 
 class MultiprocessPool(StdlibPool):

@@ -7,7 +7,7 @@
   every worker, the first ones and every replacement.  An instance attribute
   (:class:`WorkerFactory`) takes its place: it starts
   :func:`methodpool._worker.run_worker` on a channel of its own
-  (:mod:`methodpool._channels`) instead of the shared queues.
+  (:mod:`methodpool._transport`) instead of the shared queues.
 * ``Pool._setup_queues`` sets ``_quick_put`` / ``_quick_get``, the functions
   through which the task-handler and result-handler threads send tasks and
   receive results.  MethodPool points them at its dispatcher.  The stdlib
@@ -24,6 +24,11 @@
   creation and leaves on completion; :func:`track_jobs` makes it report
   completions.  Result objects' ``_set`` is how a job is given a result; it fails
   pending jobs when the pool is terminated (:func:`fail_pending`).
+* The result classes' constructors read only ``pool._cache`` from the pool
+  they are given, so methodpool's results get a small stand-in
+  (:class:`~methodpool._results.ResultHost`).  ``IMapIterator.__init__``
+  gains a required ``buffersize`` on CPython 3.16 (gh-136871):
+  :func:`init_iterator` calls it either way.
 
 ``tests/test_backend.py`` pins each of these on every supported version.
 
@@ -114,6 +119,20 @@ class WorkerFactory:
             )
         _inqueue, _outqueue, initializer, initargs, maxtasks, _wrap_exception = args
         return self._start(ctx, initializer, initargs, maxtasks)
+
+
+# IMapIterator.__init__(self, pool) up to 3.15; (self, pool, buffersize) from 3.16.
+_ITERATOR_TAKES_BUFFERSIZE = IMapIterator.__init__.__code__.co_argcount > 2
+
+
+def init_iterator(cls: type[Any], iterator: Any, host: Any) -> None:
+    """Run the stdlib iterator class ``cls``'s ``__init__`` on ``iterator``,
+    registering it with ``host._cache`` (with no ``buffersize`` of the stdlib's:
+    methodpool bounds its input itself)."""
+    if _ITERATOR_TAKES_BUFFERSIZE:
+        cls.__init__(iterator, host, None)
+    else:
+        cls.__init__(iterator, host)
 
 
 def reaped_exitcode(process: Any) -> int | None:

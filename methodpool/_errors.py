@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import pickle
 
+# What to check when something cannot be loaded in another process.
+IMPORTABLE_ADVICE = (
+    "every module it needs must be importable there, in compatible versions; objects "
+    "defined in __main__ travel by value with serializer='auto', 'cloudpickle' or 'dill'"
+)
+
 
 class SerializationError(pickle.PicklingError):
     """A task's callable, arguments or result could not be serialized.

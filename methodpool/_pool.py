@@ -2,10 +2,10 @@
 
 Data flow (the stdlib's threads, with methodpool's pieces marked *)::
 
-    caller thread              task-handler thread         worker process k (xN)
-    -------------              -------------------         ---------------------
+    caller thread              task-handler thread          worker process k (xN)
+    -------------              -------------------          ---------------------
     pool.map(f, xs)
-      *_ship(f): serialize f
+      *_prepare: serialize f
        once per call (large:
        once per pool, in shared
        memory); failure raises
@@ -13,41 +13,45 @@ Data flow (the stdlib's threads, with methodpool's pieces marked *)::
       stdlib: chunk xs into     *Dispatcher.put: frame
        (job, i, mapstar,         each task (args plain
         ((f', chunk),), {})  -->  pickle cannot carry go -->  *run_worker: read frame,
-       on _taskqueue              by the serializer); send    note "started", load the
-                                  to the least busy worker    task, open f' (loaded once,
-                                  on its own tasks pipe       then cached), run it, catch
+       on _taskqueue              by the serializer); send    load the task, open f'
+                                  to the least busy worker    (loaded once, then
+                                  on its own channel          cached), run it, catch
                                                               anything it raises
                                                                      |
     caller: result.get()   <--  result-handler thread   <--  *frame (ok, value) on its
-      (*callbacks guarded)       *Dispatcher.get: wait on     own results pipe (a value
-                                  all results pipes; a bad    plain pickle cannot carry
-                                  frame fails its task; a     goes by the serializer)
-                                  closed pipe (dead worker)
-                                  fails its running task,
-                                  resends its queued ones;
-                                  stdlib: cache[job]._set()
+      (*callbacks guarded)       *Dispatcher.get: wait on     own channel (a value plain
+                                  every channel; a bad        pickle cannot carry goes
+                                  frame fails its task; a     by the serializer)
+                                  closed channel (dead
+                                  worker) fails its running
+                                  task, resends its queued
+                                  ones; stdlib: cache[job]._set()
 
 ``f'`` is a :class:`~methodpool._shipping.ShippedCallable`: the serialized
 bytes (or a reference to a shared memory segment, :mod:`methodpool._sharedmem`)
 plus a content key.  Plain module-level functions skip it and travel by
-reference, as in the stdlib.  The channels and the dispatcher are
-:mod:`methodpool._channels`; the worker side is :mod:`methodpool._worker`;
-serializers are :mod:`methodpool._serializers`; which private hooks of
-``Pool`` all this needs, and why, is in :mod:`methodpool._backend`.
+reference, as in the stdlib.  Where each piece lives:
+
+* the call layer shared with ``DaskPool`` (argument checks, serializing the
+  callable, chunking, callbacks, ``buffersize``): :mod:`methodpool._calls`;
+* the transport (frames, channels, the dispatcher and its ledger):
+  :mod:`methodpool._transport`; the worker side: :mod:`methodpool._worker`;
+* the result objects: :mod:`methodpool._results`; serializers:
+  :mod:`methodpool._serializers`;
+* every private hook of ``Pool`` this needs, and why: :mod:`methodpool._backend`.
+
+``docs/architecture.md`` tells the same story at length.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import multiprocessing.pool
 import os
 import signal
-import sys
 import threading
 import time
-import types
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sized
 from multiprocessing.context import BaseContext
@@ -64,67 +68,37 @@ from ._backend import (
     starmapstar,
     track_jobs,
 )
-from ._channels import Dispatcher
+from ._calls import (
+    Shipper,
+    check_buffersize,
+    check_chunksize,
+    check_task_timeout,
+    guarded,
+    label,
+    map_chunksize,
+)
 from ._errors import InitializerError, PoolTerminatedError
 from ._progress import Progress, ProgressSpec, progress_bar
-from ._results import ListResult, OrderedResults, ResultIterator, TaskResult, UnorderedResults
-from ._serializers import (
-    AUTO,
-    SupportsDumpsLoads,
-    fallback_chain,
-    main_reference_guard,
-    serializer_chain,
+from ._results import (
+    ListResult,
+    OrderedResults,
+    ResultHost,
+    ResultIterator,
+    TaskResult,
+    UnorderedResults,
 )
-from ._sharedmem import SHARED_MIN_BYTES, SegmentRegistry
-from ._shipping import Payload, ShippedCallable, describe, ship_callable
-from ._stats import CallStats, StatsCollector
+from ._serializers import AUTO, SupportsDumpsLoads, main_reference_guard
+from ._sharedmem import Lease, SegmentRegistry
+from ._shipping import ShippedCallable
+from ._stats import CallStats, PoolCounters, StatsCollector
+from ._transport._dispatcher import Dispatcher
 from ._worker import run_worker
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-logger = logging.getLogger("methodpool")
-
-_BUILTIN_SPECS = frozenset({AUTO, "pickle", "cloudpickle", "dill"})
 # How long terminate() lets workers react to SIGTERM before it sends SIGKILL.
 TERMINATE_GRACE = 1.0
-
-
-def _is_importable_function(func: Any) -> bool:
-    # A module-level function that workers can import by name: plain pickle
-    # stores it as "module.name" whatever the serializer, so there is nothing
-    # to ship.  Everything defined in __main__ is shipped (see _serializers).
-    if type(func) not in (types.FunctionType, types.BuiltinFunctionType):
-        return False
-    module = getattr(func, "__module__", None)
-    name = getattr(func, "__qualname__", "")
-    if module in (None, "__main__", "__mp_main__") or "." in name or "<" in name:
-        return False
-    return getattr(sys.modules.get(module), name, None) is func
-
-
-def _guarded(callback: Callable[[Any], object] | None, kind: str) -> Any:
-    # A callback that raises kills the stdlib's result-handler thread, and every
-    # pending get() hangs (gh-83371).  Log it instead; the result is delivered.
-    if callback is None:
-        return None
-
-    def run(value: Any) -> None:
-        try:
-            callback(value)
-        except Exception:
-            logger.exception("%s %r raised; the result is still delivered", kind, callback)
-
-    return run
-
-
-def _label(func: Any) -> str:
-    return str(getattr(func, "__qualname__", type(func).__qualname__))
-
-
-def _check_timeout(task_timeout: float | None) -> None:
-    if task_timeout is not None and not task_timeout > 0:
-        raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
 
 
 def _kill_remaining(workers: list[Any]) -> None:
@@ -132,6 +106,21 @@ def _kill_remaining(workers: list[Any]) -> None:
         if process.pid is not None and process.exitcode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGKILL)
+
+
+class _Call:
+    """A call, prepared: its callable as tasks carry it, its claim on shared
+    memory, its statistics and its progress bar."""
+
+    __slots__ = ("func", "lease", "progress", "stats")
+
+    def __init__(
+        self, func: Any, lease: Lease | None, stats: StatsCollector, progress: Progress | None
+    ) -> None:
+        self.func = func
+        self.lease = lease
+        self.stats = stats
+        self.progress = progress
 
 
 class MethodPool(multiprocessing.pool.Pool):
@@ -196,32 +185,32 @@ class MethodPool(multiprocessing.pool.Pool):
         # Pool.__del__ reads these even when __init__ raises before Pool's own.
         self._pool = []
         self._state = multiprocessing.pool.INIT
-        if task_timeout is not None and task_timeout <= 0:
-            raise ValueError(
-                f"task_timeout must be a positive number of seconds, got {task_timeout}"
-            )
-        self._serializer_spec = serializer
-        self._chain = serializer_chain(serializer)
-        self._fallback = fallback_chain(serializer)
-        self._callables_serialized = 0  # for tests and benchmarks
-        self._ship_globals_by_reference = (
-            isinstance(serializer, str) and serializer in _BUILTIN_SPECS
+        check_task_timeout(task_timeout)
+        self._counters = PoolCounters()
+        self._shipper = Shipper(serializer, self._counters)
+        self._dispatcher = Dispatcher(
+            run_worker, self._shipper.fallback, maxtasksperchild, task_timeout, self._counters
         )
-        self._dispatcher = Dispatcher(run_worker, self._fallback, maxtasksperchild, task_timeout)
         # Instance attribute in place of the static Pool.Process (see _backend).
         self.Process = WorkerFactory(self._dispatcher.start_worker)  # type: ignore[method-assign]
         if initializer is not None:
             if not callable(initializer):
                 raise TypeError("initializer must be a callable")
             # Inline, never in shared memory: every worker start needs it.
-            initializer = self._ship(initializer, share=False)
-        self._segments = SegmentRegistry()
+            initializer = self._shipper.ship(initializer)
+        self._segments = SegmentRegistry(self._counters)
         self._recent_stats: collections.deque[StatsCollector] = collections.deque(maxlen=64)
         # Unlink the segments when the pool is collected or the interpreter
         # exits without terminate() or join() (which unlink them too).
         weakref.finalize(self, self._segments.close)
         super().__init__(processes, initializer, initargs, maxtasksperchild, context)
         self._dispatcher.attach(self._taskqueue)
+        taskqueue = self._taskqueue
+
+        def queue(tasks: Iterable[Any], set_length: Callable[[int], None] | None) -> None:
+            taskqueue.put((tasks, set_length))
+
+        self._results_host = ResultHost(self._cache, self._dispatcher.cancel, queue)
         segments, dispatcher = self._segments, self._dispatcher
 
         def job_done(job: int) -> None:
@@ -233,8 +222,7 @@ class MethodPool(multiprocessing.pool.Pool):
     @property
     def serializer(self) -> str:
         """The name of the serializer (or chain) this pool was built with."""
-        spec = self._serializer_spec
-        return spec if isinstance(spec, str) else self._chain[0].name
+        return self._shipper.name
 
     def __repr__(self) -> str:
         return (
@@ -247,7 +235,9 @@ class MethodPool(multiprocessing.pool.Pool):
     def _setup_queues(self) -> None:
         multiprocessing.pool.Pool._setup_queues(self)  # type: ignore[attr-defined]
         pickler = (
-            main_reference_guard(self._ctx.get_start_method()) if self._fallback else ForkingPickler
+            main_reference_guard(self._ctx.get_start_method())
+            if self._shipper.fallback
+            else ForkingPickler
         )
         self._dispatcher.connect(self._outqueue, pickler)
         self._inqueue._methodpool_dispatcher = self._dispatcher
@@ -279,21 +269,6 @@ class MethodPool(multiprocessing.pool.Pool):
 
     # -- calls -----------------------------------------------------------------
 
-    def _ship(self, func: Any, share: bool = True) -> Any:
-        if not callable(func):
-            raise TypeError(f"the task function must be callable, got {describe(func)}")
-        if self._ship_globals_by_reference and _is_importable_function(func):
-            return func
-        self._callables_serialized += 1
-        shipped = ship_callable(func, self._chain)
-        payload = shipped.payload
-        if share and isinstance(payload.data, bytes) and len(payload.data) >= SHARED_MIN_BYTES:
-            ref = self._segments.share(shipped.key, payload.data)
-            shipped = ShippedCallable(
-                shipped.key, shipped.label, Payload(payload.serializer, payload.loads, ref)
-            )
-        return shipped
-
     def _prepare(
         self,
         method: str,
@@ -301,50 +276,48 @@ class MethodPool(multiprocessing.pool.Pool):
         items: int | None,
         task_timeout: float | None,
         progress: ProgressSpec,
-    ) -> tuple[Any, StatsCollector, Progress | None]:
+    ) -> _Call:
         """Checks, shipping and the progress bar common to every call, in the
         caller's thread.  A call that fails here leaves nothing behind."""
         self._check_running()
         broken = self._dispatcher.broken
         if broken is not None:
             raise InitializerError(*broken.args) from broken.__cause__
-        _check_timeout(task_timeout)
+        check_task_timeout(task_timeout)
         stats = StatsCollector(method, items)
         started = time.perf_counter()
-        shipped = self._ship(func)
-        stats.serialize_seconds = time.perf_counter() - started
-        shared = False
+        shipped = self._shipper.ship(func)
+        lease = None
         if type(shipped) is ShippedCallable:
-            data = shipped.payload.data
-            shared = not isinstance(data, bytes)
-            stats.callable_bytes = len(data) if isinstance(data, bytes) else data.size
+            stats.callable_bytes = len(shipped.payload.data)  # type: ignore[arg-type]
+            shipped, lease = self._segments.place(shipped)
+        stats.serialize_seconds = time.perf_counter() - started
         try:
-            bar = progress_bar(progress, items, _label(func))
+            bar = progress_bar(progress, items, label(func))
         except BaseException:
-            if shared:
-                self._segments.release(shipped.key)
+            if lease is not None:
+                lease.release()
             raise
         self._recent_stats.append(stats)
-        return shipped, stats, bar
+        return _Call(shipped, lease, stats, bar)
 
     def _submit(
         self,
         result: Any,
-        shipped: Any,
-        stats: StatsCollector,
+        call: _Call,
         task_timeout: float | None,
         tasks: Iterable[Any] | None,
         set_length: Callable[[int], None] | None = None,
     ) -> None:
         """Register the job, then queue its tasks (``None``: the caller feeds them)."""
         if result._job not in self._cache:  # already complete: an empty map
-            stats.finish()
-            if type(shipped) is ShippedCallable and not isinstance(shipped.payload.data, bytes):
-                self._segments.release(shipped.key)
+            call.stats.finish()
+            if call.lease is not None:
+                call.lease.release()
             return
-        if type(shipped) is ShippedCallable and not isinstance(shipped.payload.data, bytes):
-            self._segments.attach(result._job, shipped.key)
-        self._dispatcher.job_started(result._job, task_timeout, stats)
+        if call.lease is not None:
+            call.lease.bind(result._job)
+        self._dispatcher.job_started(result._job, task_timeout, call.stats)
         if tasks is not None:
             self._taskqueue.put((tasks, set_length))
 
@@ -379,11 +352,14 @@ class MethodPool(multiprocessing.pool.Pool):
 
         The result is also awaitable, and can be cancelled (:class:`TaskResult`).
         """
-        shipped, stats, bar = self._prepare("apply_async", func, 1, task_timeout, progress)
+        call = self._prepare("apply_async", func, 1, task_timeout, progress)
         result: TaskResult[R] = TaskResult(
-            self, _guarded(callback, "callback"), _guarded(error_callback, "error_callback"), bar
+            self._results_host,
+            guarded(callback, "callback"),
+            guarded(error_callback, "error_callback"),
+            call.progress,
         )
-        self._submit(result, shipped, stats, task_timeout, [(result._job, 0, shipped, args, kwds)])
+        self._submit(result, call, task_timeout, [(result._job, 0, call.func, args, kwds)])
         return result
 
     def _map_async(
@@ -402,26 +378,24 @@ class MethodPool(multiprocessing.pool.Pool):
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         length = len(iterable)  # type: ignore[arg-type]
-        shipped, stats, bar = self._prepare(method, func, length, task_timeout, progress)
+        call = self._prepare(method, func, length, task_timeout, progress)
         if chunksize is None:
             # The configured size, not len(self._pool): that is 0 for a moment
             # while exited workers (maxtasksperchild) are replaced.
-            chunksize, extra = divmod(length, self._processes * 4)  # type: ignore[attr-defined]
-            if extra:
-                chunksize += 1
+            chunksize = map_chunksize(length, self._processes)  # type: ignore[attr-defined]
         if length == 0:
             chunksize = 0
         result: ListResult[Any] = ListResult(
-            self,
+            self._results_host,
             chunksize,
             length,
-            _guarded(callback, "callback"),
-            _guarded(error_callback, "error_callback"),
-            bar,
+            guarded(callback, "callback"),
+            guarded(error_callback, "error_callback"),
+            call.progress,
         )
-        batches = get_tasks(shipped, iterable, chunksize)
+        batches = get_tasks(call.func, iterable, chunksize)
         tasks = guarded_task_generation(self, result._job, mapper, batches)
-        self._submit(result, shipped, stats, task_timeout, tasks)
+        self._submit(result, call, task_timeout, tasks)
         return result
 
     def map(
@@ -557,23 +531,21 @@ class MethodPool(multiprocessing.pool.Pool):
         buffersize: int | None,
         progress: ProgressSpec,
     ) -> ResultIterator[Any]:
-        if chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
-            raise ValueError(f"buffersize must be a positive integer, got {buffersize!r}")
+        check_chunksize(chunksize)
+        check_buffersize(buffersize)
         length = len(iterable) if isinstance(iterable, Sized) else None
-        shipped, stats, bar = self._prepare(method, func, length, task_timeout, progress)
-        result = result_class(self, chunksize, bar)  # type: ignore[call-arg]
+        call = self._prepare(method, func, length, task_timeout, progress)
+        result = result_class(self._results_host, chunksize, call.progress)  # type: ignore[call-arg]
         if chunksize == 1:
-            tasks = guarded_task_generation(self, result._job, shipped, iterable)
+            tasks = guarded_task_generation(self, result._job, call.func, iterable)
         else:
-            batches = get_tasks(shipped, iterable, chunksize)
+            batches = get_tasks(call.func, iterable, chunksize)
             tasks = guarded_task_generation(self, result._job, mapstar, batches)
         if buffersize is None:
-            self._submit(result, shipped, stats, task_timeout, tasks, result._set_length)
+            self._submit(result, call, task_timeout, tasks, result._set_length)
             return result
-        self._submit(result, shipped, stats, task_timeout, None)
-        result.feed(tasks, buffersize, self._taskqueue)
+        self._submit(result, call, task_timeout, None)
+        result.feed(tasks, buffersize)
         return result
 
     # -- ending ------------------------------------------------------------------

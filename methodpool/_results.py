@@ -12,28 +12,50 @@ Each is the stdlib's own class (``ApplyResult``, ``MapResult``,
 * :meth:`TaskResult.cancel`;
 * chunked ``imap`` returns the iterator itself (flattening chunks), not a
   generator, so it keeps ``next(timeout)`` and async iteration.
+
+What a result needs of the pool that made it is a :class:`ResultHost`: the
+pool's job table, a way to cancel a job, a way to queue more tasks.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import multiprocessing
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._backend import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from ._backend import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, init_iterator
+from ._calls import InputFeed
 from ._progress import Progress
 
 if TYPE_CHECKING:
     import asyncio
 
-    from ._pool import MethodPool
-
 T = TypeVar("T")
+
+
+class ResultHost:
+    """What result objects need of their pool (and all they may touch).
+
+    ``_cache`` is the pool's job table, where the stdlib's result classes
+    register; ``cancel(job, error)`` fails a job now; ``queue(tasks,
+    set_length)`` hands more tasks to the pool's task handler.
+    """
+
+    __slots__ = ("_cache", "cancel", "queue")
+
+    def __init__(
+        self,
+        cache: Any,
+        cancel: Callable[[int, BaseException], None],
+        queue: Callable[[Iterable[Any], Callable[[int], None] | None], None],
+    ) -> None:
+        self._cache = cache
+        self.cancel = cancel
+        self.queue = queue
 
 
 def _settle(future: asyncio.Future[None]) -> None:
@@ -95,14 +117,14 @@ class TaskResult(_Awaitable[T], ApplyResult):  # type: ignore[misc]
 
     def __init__(
         self,
-        pool: MethodPool,
+        host: ResultHost,
         callback: Callable[[T], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         progress: Progress | None,
     ) -> None:
         self._observe(progress)
-        self._dispatcher = pool._dispatcher
-        ApplyResult.__init__(self, pool, callback, error_callback)
+        self._host = host
+        ApplyResult.__init__(self, host, callback, error_callback)
 
     def cancel(self) -> bool:
         """Stop the task; ``get()`` then raises :class:`concurrent.futures.CancelledError`.
@@ -114,7 +136,7 @@ class TaskResult(_Awaitable[T], ApplyResult):  # type: ignore[misc]
         """
         if self.ready():
             return False
-        self._dispatcher.cancel(self._job, CancelledError(f"task of job {self._job} cancelled"))
+        self._host.cancel(self._job, CancelledError(f"task of job {self._job} cancelled"))
         return True
 
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
@@ -130,7 +152,7 @@ class ListResult(_Awaitable[list[T]], MapResult):  # type: ignore[misc]
 
     def __init__(
         self,
-        pool: MethodPool,
+        host: ResultHost,
         chunksize: int,
         length: int,
         callback: Callable[[list[T]], object] | None,
@@ -139,7 +161,7 @@ class ListResult(_Awaitable[list[T]], MapResult):  # type: ignore[misc]
     ) -> None:
         self._observe(progress)
         self._items = length
-        MapResult.__init__(self, pool, chunksize, length, callback, error_callback=error_callback)
+        MapResult.__init__(self, host, chunksize, length, callback, error_callback=error_callback)
         if length == 0 and progress is not None:
             progress.close()
 
@@ -163,35 +185,33 @@ class ResultIterator(_Observed, Generic[T]):
         _index: int
         _length: int | None
 
-    def _start(self, pool: MethodPool, chunksize: int, progress: Progress | None) -> None:
+    def _start(self, host: ResultHost, chunksize: int, progress: Progress | None) -> None:
         self._observe(progress)
+        self._host = host
         self._chunksize = chunksize
         self._chunk: collections.deque[T] = collections.deque()
-        self._feeding: Iterator[Any] | None = None
+        self._feed: InputFeed | None = None
         self._ended_by_error = False
-        self._base.__init__(self, pool)
+        init_iterator(self._base, self, host)
 
-    def feed(self, tasks: Iterable[Any], ahead: int, taskqueue: Any) -> None:
-        """Queue ``ahead`` of ``tasks`` now, then one more per task result taken.
+    def feed(self, tasks: Iterable[Any], buffersize: int) -> None:
+        """Queue ``buffersize`` of ``tasks`` now, then one more per task result taken.
 
         This is ``buffersize``: the consumer's own thread reads the input, at
         its own pace.  Once the tasks run out, the iterator learns its length.
         """
-        self._feeding = iter(tasks)
-        self._taskqueue = taskqueue
-        self._fed = 0
-        self._top_up(ahead)
+        self._feed = InputFeed(tasks, buffersize)
+        self._top_up(buffersize)
 
     def _top_up(self, count: int) -> None:
-        if self._feeding is None or self._length is not None:
+        feed = self._feed
+        if feed is None or feed.exhausted or self._length is not None:
             return
-        batch = list(itertools.islice(self._feeding, count))
-        self._fed += len(batch)
+        batch = feed.take(count)
         if batch:
-            self._taskqueue.put((batch, None))
-        if len(batch) < count:
-            self._feeding = None
-            self._set_length(self._fed)
+            self._host.queue(batch, None)
+        if feed.exhausted:
+            self._set_length(feed.read)
 
     def release_input(self) -> None:
         """Hand the input not yet read to the task handler (``close()``: the job must end).
@@ -200,19 +220,20 @@ class ResultIterator(_Observed, Generic[T]):
         from ever finishing; this makes it behave as the stdlib's ``imap``,
         which reads its whole input.
         """
-        rest, self._feeding = self._feeding, None
-        if rest is None:
+        feed = self._feed
+        if feed is None or feed.exhausted:
             return
-        fed = self._fed
+        fed = feed.read
 
         def set_length(length: int) -> None:
             self._set_length(max(length, fed))
 
-        self._taskqueue.put((rest, set_length))
+        self._host.queue(feed.rest(), set_length)
 
     def stop_feeding(self) -> None:
         """Read no more input (the pool was terminated)."""
-        self._feeding = None
+        if self._feed is not None:
+            self._feed.rest()
 
     def _complete(self) -> bool:
         return self._index == self._length
@@ -281,12 +302,12 @@ class ResultIterator(_Observed, Generic[T]):
 class OrderedResults(ResultIterator[T], IMapIterator):  # type: ignore[misc]
     _base = IMapIterator
 
-    def __init__(self, pool: MethodPool, chunksize: int, progress: Progress | None) -> None:
-        self._start(pool, chunksize, progress)
+    def __init__(self, host: ResultHost, chunksize: int, progress: Progress | None) -> None:
+        self._start(host, chunksize, progress)
 
 
 class UnorderedResults(ResultIterator[T], IMapUnorderedIterator):  # type: ignore[misc]
     _base = IMapUnorderedIterator
 
-    def __init__(self, pool: MethodPool, chunksize: int, progress: Progress | None) -> None:
-        self._start(pool, chunksize, progress)
+    def __init__(self, host: ResultHost, chunksize: int, progress: Progress | None) -> None:
+        self._start(host, chunksize, progress)

@@ -11,12 +11,14 @@ worker instead of once per task.
 Lifetime.  A :class:`SegmentRegistry` (one per pool) keys segments by the
 content key of the bytes, so consecutive calls with an unchanged callable share
 one segment, and counts the jobs (``map``, ``imap``, ``apply_async`` calls)
-still using each.  A segment no job uses becomes idle; the newest few idle
-segments are kept for the next call and older ones are unlinked.  ``close()``
-unlinks every segment: the pool calls it on ``terminate()``, ``join()``,
-garbage collection and interpreter exit.  If the parent is killed, the
-``multiprocessing`` resource tracker, with which every segment is registered,
-unlinks what is left.
+still using each.  A call holds its claim as a :class:`Lease`, from
+:meth:`SegmentRegistry.place` (while the call is prepared) until the job it
+became is done, or until the call ends without one.  A segment no job uses
+becomes idle; the newest few idle segments are kept for the next call and
+older ones are unlinked.  ``close()`` unlinks every segment: the pool calls
+it on ``terminate()``, ``join()``, garbage collection and interpreter exit.
+If the parent is killed, the ``multiprocessing`` resource tracker, with which
+every segment is registered, unlinks what is left.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from multiprocessing import shared_memory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backend import read_shared_memory
+from ._shipping import Payload, ShippedCallable
+
+if TYPE_CHECKING:
+    from ._stats import PoolCounters
 
 SHARED_MIN_BYTES = 64 * 1024
 _IDLE_MAX = 4
@@ -64,6 +70,29 @@ class _Segment:
         self.memory.unlink()
 
 
+class Lease:
+    """One call's claim on the segment of its callable (see the module docstring)."""
+
+    __slots__ = ("_key", "_registry", "_settled")
+
+    def __init__(self, registry: SegmentRegistry, key: bytes) -> None:
+        self._registry = registry
+        self._key = key
+        self._settled = False
+
+    def bind(self, job: int) -> None:
+        """The call became ``job``: the segment stays until the job is done."""
+        if not self._settled:
+            self._settled = True
+            self._registry.attach(job, self._key)
+
+    def release(self) -> None:
+        """The call ended without a job (it failed, or had nothing to do)."""
+        if not self._settled:
+            self._settled = True
+            self._registry.release(self._key)
+
+
 class SegmentRegistry:
     """Parent side: the pool's segments, by content key, and the jobs using each.
 
@@ -72,11 +101,24 @@ class SegmentRegistry:
     leaves the pool's cache, from whichever thread completes it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, counters: PoolCounters) -> None:
         self._lock = threading.Lock()
         self._segments: OrderedDict[bytes, _Segment] = OrderedDict()
         self._by_job: dict[int, _Segment] = {}
-        self.segments_created = 0  # for tests and benchmarks
+        self._counters = counters
+
+    def place(self, shipped: ShippedCallable) -> tuple[ShippedCallable, Lease | None]:
+        """``shipped`` as tasks should carry it: small, as it is (no lease);
+        large, as a reference to a segment, with the call's lease on it."""
+        payload = shipped.payload
+        data = payload.data
+        if not isinstance(data, bytes) or len(data) < SHARED_MIN_BYTES:
+            return shipped, None
+        ref = self.share(shipped.key, data)
+        placed = ShippedCallable(
+            shipped.key, shipped.label, Payload(payload.serializer, payload.loads, ref)
+        )
+        return placed, Lease(self, shipped.key)
 
     def share(self, key: bytes, data: bytes) -> SharedBytes:
         """A reference to ``data`` in a segment, made now or reused."""
@@ -84,7 +126,7 @@ class SegmentRegistry:
             segment = self._segments.get(key)
             if segment is None:
                 segment = self._segments[key] = _Segment(data)
-                self.segments_created += 1
+                self._counters.segments_created += 1
             segment.reserved += 1
             self._segments.move_to_end(key)
             self._trim()

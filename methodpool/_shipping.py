@@ -19,13 +19,19 @@ import threading
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ._errors import DeserializationError, SerializationError
+from ._errors import IMPORTABLE_ADVICE, DeserializationError, SerializationError
 from ._serializers import CLOUDPICKLE, DILL, PICKLE, Loads, Serializer
 
-if TYPE_CHECKING:
-    from ._sharedmem import SharedBytes
+
+class BytesReference(Protocol):
+    """Bytes kept elsewhere (a shared memory segment: :mod:`methodpool._sharedmem`)."""
+
+    size: int
+
+    def read(self) -> bytes: ...
+
 
 _repr = reprlib.Repr()
 _repr.maxother = _repr.maxstring = 120
@@ -39,13 +45,13 @@ def describe(obj: Any) -> str:
 class Payload:
     """An object serialized by the serializer named ``serializer``.
 
-    ``data`` is the bytes, or a :class:`~methodpool._sharedmem.SharedBytes`
-    reference to them.
+    ``data`` is the bytes, or a reference to them (a
+    :class:`~methodpool._sharedmem.SharedBytes`).
     """
 
     __slots__ = ("data", "loads", "serializer")
 
-    def __init__(self, serializer: str, loads: Loads, data: bytes | SharedBytes) -> None:
+    def __init__(self, serializer: str, loads: Loads, data: bytes | BytesReference) -> None:
         self.serializer = serializer
         self.loads = loads
         self.data = data
@@ -61,9 +67,7 @@ class Payload:
         except Exception as exc:
             raise DeserializationError(
                 f"could not load {what} with {self.serializer!r} in process {os.getpid()}: "
-                f"{type(exc).__name__}: {exc} — every module the object needs must be "
-                "importable there, in compatible versions; objects defined in __main__ "
-                "travel by value with serializer='auto', 'cloudpickle' or 'dill'"
+                f"{type(exc).__name__}: {exc} — {IMPORTABLE_ADVICE}"
             ) from exc
 
 

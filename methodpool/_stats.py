@@ -4,6 +4,11 @@ Collected as the call runs, by the caller's thread (serializing the callable)
 and the dispatcher (each task's bytes, and its duration: from when its worker
 started it until its result arrived).  A few additions and a comparison per
 task, so it is always on.
+
+:class:`PoolCounters` holds the pool's running totals of the same kind (what
+went down the pipes, how often a callable was serialized, how many shared
+memory segments were made): the one place the tests and the benchmarks read
+them from.
 """
 
 from __future__ import annotations
@@ -42,6 +47,30 @@ class CallStats:
     """Up to five ``(task index, seconds)``, slowest first."""
     done: bool
     """Whether every result has arrived."""
+
+
+class PoolCounters:
+    """Totals over a pool's life, counted without locks (two threads counting
+    ``writes`` at the same instant may miss one)."""
+
+    __slots__ = (
+        "bytes_written",
+        "callables_serialized",
+        "frames_written",
+        "segments_created",
+        "writes",
+    )
+
+    def __init__(self) -> None:
+        self.callables_serialized = 0  # by the caller's thread
+        self.segments_created = 0  # by the caller's thread
+        self.frames_written = 0  # task frames, by the task-handler thread
+        self.bytes_written = 0  # their bytes
+        self.writes = 0  # write system calls those took (a batch is one), by either handler thread
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+        return f"PoolCounters({fields})"
 
 
 class StatsCollector:

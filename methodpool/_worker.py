@@ -5,8 +5,8 @@ It takes the place of ``multiprocessing.pool.worker`` and keeps its contract
 reached, and answer each with ``(job, index, (ok, value))``), with these
 differences:
 
-* tasks arrive, and results leave, on this worker's own channel
-  (:mod:`methodpool._channels`), in order;
+* tasks arrive, and results leave, on this worker's own channel, in order,
+  as frames (:mod:`methodpool._transport._wire`);
 * the task callable may arrive as a :class:`~methodpool._shipping.ShippedCallable`
   (also inside ``mapstar``/``starmapstar`` chunks) and the arguments as a
   :class:`~methodpool._shipping.Payload`; both are opened here;
@@ -31,6 +31,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,17 +42,10 @@ from ._backend import (
     mapstar,
     starmapstar,
 )
-from ._channels import (
-    HEADER,
-    INITIALIZER_FAILED,
-    TASK_HEADER,
-    WORKER_READY,
-    encode_result,
-    parent_ends,
-)
-from ._errors import DeserializationError, RemoteTaskError
+from ._errors import IMPORTABLE_ADVICE, DeserializationError, RemoteTaskError
 from ._serializers import Serializer
 from ._shipping import Payload, arrive, encode, resolve
+from ._transport._wire import HEADER, INITIALIZER_FAILED, WORKER_READY, encode_result, split_task
 
 
 def _travels(exc: BaseException, fallback: Sequence[Serializer]) -> bool:
@@ -83,16 +77,14 @@ def portable_exception(exc: BaseException, fallback: Sequence[Serializer]) -> An
 
 
 def _load_task(data: bytes) -> tuple[Callable[..., Any], Any, Any]:
-    _, _, wire_size = TASK_HEADER.unpack_from(data)
-    start = TASK_HEADER.size
+    _, _, wire, body = split_task(data)
     try:
-        shipped = arrive(data[start : start + wire_size]) if wire_size else None
-        func, args, kwds = pickle.loads(memoryview(data)[start + wire_size :])
+        shipped = arrive(wire) if wire else None
+        func, args, kwds = pickle.loads(body)
     except Exception as exc:
         raise DeserializationError(
-            f"could not load the task in the worker: {type(exc).__name__}: {exc} — every "
-            "module its arguments need must be importable in worker processes; objects "
-            "defined in __main__ travel by value with serializer='auto', 'cloudpickle' or 'dill'"
+            f"could not load the task in the worker: {type(exc).__name__}: {exc} — "
+            f"{IMPORTABLE_ADVICE}"
         ) from exc
     if shipped is not None:
         func = shipped
@@ -146,11 +138,13 @@ def run_worker(
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A forked worker inherits the parent's ends of every channel: close them.
+    # (A spawned one has none: the module that lists them is not loaded.)
     # The fork may have caught another parent thread mid-close, so a
     # connection may claim a descriptor that is gone, or that now is one of
     # this worker's own.
+    channels = sys.modules.get("methodpool._transport._channel")
     own = {tasks.fileno(), results.fileno()}
-    for conn in list(parent_ends):
+    for conn in list(getattr(channels, "parent_ends", ())):
         with contextlib.suppress(OSError):
             if conn.fileno() not in own:
                 conn.close()

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from methodpool._channels import FrameReader
+from methodpool._transport._wire import FrameReader
 
 
 def test_frame_reader_reads_many_messages_per_call_and_big_ones_whole() -> None:

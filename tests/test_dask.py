@@ -212,12 +212,14 @@ def tagged_model(tag: str) -> Affine:
 
 
 def test_map_ships_the_callable_once_and_chunks_by_the_stdlib_rule(dask_pool: DaskPool) -> None:
-    tasks, serialized = dask_pool._tasks_submitted, dask_pool._callables_serialized
+    tasks, serialized = dask_pool._counters.frames_written, dask_pool._counters.callables_serialized
     kept = set(dask_pool._callables)
     model = tagged_model("chunks")
     assert dask_pool.map(model.apply, range(1000)) == [2 * x + 1 for x in range(1000)]
-    assert dask_pool._tasks_submitted - tasks == 8  # divmod(1000, 4 * 2 threads): 125 a chunk
-    assert dask_pool._callables_serialized - serialized == 1
+    assert (
+        dask_pool._counters.frames_written - tasks == 8
+    )  # divmod(1000, 4 * 2 threads): 125 a chunk
+    assert dask_pool._counters.callables_serialized - serialized == 1
     assert len(set(dask_pool._callables) - kept) == 1
 
 
@@ -247,10 +249,10 @@ def test_imap_keeps_a_bounded_number_of_chunks_in_flight(dask_pool: DaskPool) ->
 
 
 def test_imap_of_unknown_length_grows_its_chunks(dask_pool: DaskPool) -> None:
-    before = dask_pool._tasks_submitted
+    before = dask_pool._counters.frames_written
     got = list(dask_pool.imap(module_function, iter(range(5000))))
     assert got == [2 * x + 1 for x in range(5000)]
-    assert dask_pool._tasks_submitted - before < 40  # 1, 2, 4, ... items a chunk
+    assert dask_pool._counters.frames_written - before < 40  # 1, 2, 4, ... items a chunk
 
 
 def test_imap_buffersize_bounds_how_far_the_input_is_read(dask_client: distributed.Client) -> None:

@@ -87,8 +87,8 @@ def test_worker_dies_in_a_stream_of_tiny_tasks(fresh_pool: MethodPool, victim: i
         next(results)
     assert isinstance(outcomes.pop(victim), WorkerLostError)
     assert outcomes == {x: x * x for x in range(5_000) if x != victim}
-    dispatcher = fresh_pool._dispatcher
-    assert dispatcher.writes < dispatcher.frames_written / 2, "the tasks were not batched"
+    counters = fresh_pool._counters
+    assert counters.writes < counters.frames_written / 2, "the tasks were not batched"
     still_works(fresh_pool)
 
 

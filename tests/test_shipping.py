@@ -35,8 +35,8 @@ def shm_names() -> set[str]:
 
 
 def sent(pool: MethodPool) -> tuple[int, int, int]:
-    writer = pool._dispatcher
-    return writer.frames_written, writer.bytes_written, pool._callables_serialized
+    counters = pool._counters
+    return counters.frames_written, counters.bytes_written, counters.callables_serialized
 
 
 @pytest.mark.parametrize("chunksize", [1, 7])
@@ -69,22 +69,22 @@ def test_20mb_bound_method_costs_under_1kb_per_task(
 
 
 def test_small_callables_travel_inline(pool: MethodPool) -> None:
-    created = pool._segments.segments_created
+    created = pool._counters.segments_created
     pool.map(Heavy(100).apply, range(10))
-    assert pool._segments.segments_created == created
+    assert pool._counters.segments_created == created
 
 
 def test_unchanged_callable_reuses_its_segment_and_a_changed_one_does_not(
     pool: MethodPool,
 ) -> None:
     heavy = Heavy(SHARED_MIN_BYTES)
-    created = pool._segments.segments_created
+    created = pool._counters.segments_created
     for _ in range(3):
         assert pool.map(heavy.apply, range(8)) == [2 * x + 1 for x in range(8)]
-    assert pool._segments.segments_created == created + 1
+    assert pool._counters.segments_created == created + 1
     heavy.b = 100  # snapshot semantics: the next call sees the new state
     assert pool.map(heavy.apply, range(8)) == [2 * x + 100 for x in range(8)]
-    assert pool._segments.segments_created == created + 2
+    assert pool._counters.segments_created == created + 2
 
 
 def test_idle_segments_are_bounded(pool: MethodPool) -> None:

@@ -1,4 +1,4 @@
-"""DaskPool: the ``multiprocessing.Pool`` API on a Dask ``distributed`` cluster.
+"""DaskPool's client side: the ``multiprocessing.Pool`` API on a Dask cluster.
 
 Data flow::
 
@@ -6,7 +6,7 @@ Data flow::
     -------------                       ----------------------------       ----------------
     pool.map(f, xs)
       ship f: serialize it once per
-       call (ship_callable); the
+       call (Shipper); the
        first call with these bytes
        submits a task holding them  --> "callable" task: its value is
                                          f's bytes, fetched once by each
@@ -29,13 +29,12 @@ Results are the standard library's own classes (``ApplyResult``,
 ``MapResult``, ``IMapIterator``), fed by the collector thread as the stdlib's
 result-handler thread feeds them, so ``get``, ``wait``, ``ready``,
 ``successful`` and timeouts behave exactly as with :class:`~methodpool.MethodPool`.
-Arguments are encoded as MethodPool encodes them, and outcomes by
-MethodPool's own functions (``encode_result``/``decode_result``,
-``portable_exception``), so values and errors (original type, remote
-traceback in ``__cause__``) are the same too.
-
-This module imports ``distributed``; :mod:`methodpool` imports it only when
-``methodpool.DaskPool`` is first used.
+Checks, serializing the callable, chunking and callbacks are MethodPool's
+own (:mod:`methodpool._calls`); arguments are encoded as MethodPool encodes
+them, and outcomes by MethodPool's wire format (``encode_result`` in the
+workers, :mod:`._tasks`; ``decode_result`` here) and ``portable_exception``,
+so values and errors (original type, remote traceback in ``__cause__``) are
+the same too.
 """
 
 from __future__ import annotations
@@ -45,22 +44,20 @@ import contextlib
 import functools
 import io
 import itertools
-import logging
 import multiprocessing.pool
 import os
 import pickle
 import queue
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from multiprocessing.pool import CLOSE, INIT, RUN, TERMINATE
 from multiprocessing.reduction import ForkingPickler
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 try:
     import distributed
     from distributed.deploy.cluster import Cluster
-    from distributed.diagnostics.plugin import WorkerPlugin
     from distributed.scheduler import KilledWorker
 except ImportError as exc:
     raise ImportError(
@@ -68,35 +65,27 @@ except ImportError as exc:
         "pip install 'methodpool[dask]'"
     ) from exc
 
-from ._backend import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, fail_pending
-from ._channels import decode_result, encode_result
-from ._errors import DeserializationError, InitializerError, PoolTerminatedError, WorkerLostError
-from ._pool import _guarded, _label
-from ._serializers import (
-    AUTO,
-    PoolPlaceholder,
-    Serializer,
-    SupportsDumpsLoads,
-    fallback_chain,
-    main_reference_guard,
-    serializer_chain,
+from .._backend import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, fail_pending
+from .._calls import (
+    InputFeed,
+    Shipper,
+    check_buffersize,
+    check_chunksize,
+    chunks,
+    guarded,
+    label,
+    map_chunksize,
 )
-from ._shipping import Payload, ShippedCallable, describe, encode, ship_callable
-from ._worker import portable_exception
-
-if TYPE_CHECKING:
-    # mypy may run where distributed is not installed, and then every name
-    # from it is Any, which a class may not subclass in strict mode.
-    _PluginBase = object
-else:
-    _PluginBase = WorkerPlugin
+from .._errors import InitializerError, PoolTerminatedError, WorkerLostError
+from .._serializers import AUTO, PoolPlaceholder, SupportsDumpsLoads, main_reference_guard
+from .._shipping import encode
+from .._stats import PoolCounters
+from .._transport._wire import decode_result
+from ._tasks import APPLY, MAP, STARMAP, InitializerPlugin, hold_callable, run_chunk
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-logger = logging.getLogger("methodpool")
-
-_INIT, _RUN, _CLOSE, _TERMINATE = "INIT", "RUN", "CLOSE", "TERMINATE"
 # Distinct callables whose "callable" task a pool keeps on the cluster, so
 # that calls repeating a callable (apply_async in a loop) ship it once.
 CALLABLES_KEPT = 8
@@ -107,74 +96,6 @@ IN_FLIGHT_PER_THREAD = 2
 # work each (dask's per-task overhead is ~1.5 ms), doubling at most per chunk.
 CHUNK_SECONDS = 0.05
 MAX_CHUNKSIZE = 4096
-
-_APPLY, _MAP, _STARMAP = "apply", "map", "starmap"
-_CallableParts = tuple[bytes, str, Payload, tuple[Serializer, ...]]
-
-
-# -- the worker side -------------------------------------------------------------
-
-
-def hold_callable(parts: _CallableParts) -> _CallableParts:
-    """The "callable" task: its value is the serialized callable, for chunk tasks to use."""
-    return parts
-
-
-def _load_arguments(data: bytes, what: str) -> Any:
-    try:
-        obj = pickle.loads(data)
-    except Exception as exc:
-        raise DeserializationError(
-            f"could not load {what} in the worker: {type(exc).__name__}: {exc} — every "
-            "module they need must be importable in the worker processes; objects "
-            "defined in __main__ travel by value with serializer='auto', 'cloudpickle' or 'dill'"
-        ) from exc
-    return obj.load(what) if type(obj) is Payload else obj
-
-
-def run_chunk(data: bytes, index: int, *, parts: _CallableParts, mode: str) -> tuple[float, bytes]:
-    """Run one task in a dask worker: ``(seconds it ran, encoded (ok, value))``.
-
-    ``mode`` is ``"apply"`` (``data`` holds ``(args, kwds)``), ``"map"`` or
-    ``"starmap"`` (``data`` holds a chunk of items).  Whatever the task
-    raises, ``BaseException`` included, becomes its failure, with the remote
-    traceback, as in MethodPool's workers.
-    """
-    started = time.perf_counter()
-    key, label, payload, fallback = parts
-    try:
-        func = ShippedCallable(key, label, payload).resolve()
-        work = _load_arguments(data, f"the arguments of task {index}")
-        if mode == _APPLY:
-            args, kwds = work
-            value = func(*args, **kwds)
-        elif mode == _MAP:
-            value = list(map(func, work))
-        else:
-            value = list(itertools.starmap(func, work))
-        ok = True
-    except BaseException as exc:
-        ok, value = False, portable_exception(exc, fallback)
-    return time.perf_counter() - started, encode_result(0, index, ok, value, fallback)
-
-
-class InitializerPlugin(_PluginBase):
-    """Runs a pool's ``initializer(*initargs)`` once in each worker process.
-
-    Dask calls :meth:`setup` on every worker when the plugin is registered,
-    and on each worker that joins later (a restarted one, say).
-    """
-
-    idempotent = False
-
-    def __init__(self, parts: tuple[bytes, str, Payload], arguments: bytes) -> None:
-        self.parts = parts
-        self.arguments = arguments
-
-    def setup(self, worker: Any) -> None:
-        key, label, payload = self.parts
-        initializer = ShippedCallable(key, label, payload).resolve()
-        initializer(*_load_arguments(self.arguments, "the initializer's arguments"))
 
 
 # -- the parent side ---------------------------------------------------------------
@@ -217,13 +138,11 @@ class _Feed:
         self._pool = pool
         self._submit = submit
         self._result = result
-        self._iterable = iterable
         self._chunksize = chunksize
         self._window = window
-        self._buffersize = buffersize
+        self._input = InputFeed(self._chunks(iterable), buffersize)
         self._cond = threading.Condition()
         self._in_flight = 0
-        self._consumed = 0
         self._stopped = False
         self._last_size = 1
         self._seconds = 0.0
@@ -232,10 +151,9 @@ class _Feed:
     def start(self) -> None:
         threading.Thread(target=self._run, name="methodpool-dask-feed", daemon=True).start()
 
-    def _room(self, submitted: int) -> bool:
-        if self._in_flight >= self._window:
-            return False
-        return self._buffersize is None or submitted - self._consumed < self._buffersize
+    def _room(self) -> bool:
+        room = self._input.room()
+        return self._in_flight < self._window and (room is None or room > 0)
 
     def _next_size(self) -> int:
         if self._chunksize is not None:
@@ -247,23 +165,26 @@ class _Feed:
         self._last_size = max(1, min(wanted, 2 * self._last_size, MAX_CHUNKSIZE))
         return self._last_size
 
+    def _chunks(self, iterable: Iterable[Any]) -> Iterator[list[Any]]:
+        items = iter(iterable)
+        while chunk := list(itertools.islice(items, self._next_size())):
+            yield chunk
+
     def _run(self) -> None:
         index = 0
         try:
-            items = iter(self._iterable)
             while True:
                 with self._cond:
-                    while not self._stopped and not self._room(index):
+                    while not self._stopped and not self._room():
                         self._cond.wait()
                     if self._stopped:
                         return
-                    size = self._next_size()
-                chunk = list(itertools.islice(items, size))
-                if not chunk:
+                taken = self._input.take(1)  # the input is read outside the lock
+                if not taken:
                     break
                 with self._cond:
                     self._in_flight += 1
-                if not self._submit(chunk, index, self):
+                if not self._submit(taken[0], index, self):
                     self.chunk_done(0, 0.0)  # it failed at once, without going out
                 index += 1
         except Exception as exc:
@@ -286,9 +207,9 @@ class _Feed:
 
     def chunk_consumed(self) -> None:
         """The consumer took a chunk's outcome (consumer's thread)."""
-        if self._buffersize is not None:
+        if self._input.buffersize is not None:
             with self._cond:
-                self._consumed += 1
+                self._input.consumed += 1
                 self._cond.notify()
 
     def stop(self) -> None:
@@ -393,7 +314,7 @@ class DaskPool:
         cluster: str | distributed.Client | Cluster | None = None,
         serializer: str | SupportsDumpsLoads = AUTO,
     ) -> None:
-        self._state = _INIT
+        self._state = INIT
         if maxtasksperchild is not None:
             raise NotImplementedError(
                 "DaskPool does not support maxtasksperchild: dask workers are long-lived. "
@@ -415,9 +336,9 @@ class DaskPool:
                 raise ValueError("Number of processes must be at least 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self._serializer_spec = serializer
-        self._chain = serializer_chain(serializer)
-        self._fallback = fallback_chain(serializer)
+        self._counters = PoolCounters()
+        self._shipper = Shipper(serializer, self._counters, by_reference=False)
+        self._fallback = self._shipper.fallback
         # Dask workers never have the caller's __main__: with a fallback,
         # arguments that refer to it go by value.
         self._pickler: type[pickle.Pickler] = (
@@ -425,7 +346,7 @@ class DaskPool:
         )
         plugin = None
         if initializer is not None:
-            shipped = ship_callable(initializer, self._chain)
+            shipped = self._shipper.ship_always(initializer)
             arguments = self._dump_arguments(tuple(initargs), "the initializer's arguments")
             plugin = InitializerPlugin((shipped.key, shipped.label, shipped.payload), arguments)
 
@@ -437,8 +358,6 @@ class DaskPool:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._shutdown_lock = threading.Lock()
         self._shut_down_done = False
-        self._callables_serialized = 0  # for tests and benchmarks
-        self._tasks_submitted = 0
 
         self._local_cluster: Any = None
         self._owns_client = True
@@ -478,7 +397,7 @@ class DaskPool:
                     f"the initializer {plugin.parts[1]} raised in a worker: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-        self._state = _RUN
+        self._state = RUN
         self._collector = threading.Thread(
             target=self._collect, name="methodpool-dask-collector", daemon=True
         )
@@ -495,8 +414,7 @@ class DaskPool:
     @property
     def serializer(self) -> str:
         """The name of the serializer (or chain) this pool was built with."""
-        spec = self._serializer_spec
-        return spec if isinstance(spec, str) else self._chain[0].name
+        return self._shipper.name
 
     def __repr__(self) -> str:
         return (
@@ -519,7 +437,7 @@ class DaskPool:
     # -- submitting --------------------------------------------------------------------
 
     def _check_running(self) -> None:
-        if self._state != _RUN:
+        if self._state != RUN:
             raise ValueError("Pool not running")
 
     def _threads(self) -> int:
@@ -540,10 +458,7 @@ class DaskPool:
 
     def _ship(self, func: Any) -> Any:
         """The future of ``func``'s "callable" task (serialized now; submitted if new)."""
-        if not callable(func):
-            raise TypeError(f"the task function must be callable, got {describe(func)}")
-        shipped = ship_callable(func, self._chain)
-        self._callables_serialized += 1
+        shipped = self._shipper.ship_always(func)
         with self._lock:
             future = self._callables.get(shipped.key)
             if future is not None and future.status in ("pending", "finished"):
@@ -572,7 +487,7 @@ class DaskPool:
         A task whose arguments cannot be serialized fails at once, without
         being submitted, as in the stdlib.
         """
-        if self._state == _TERMINATE:
+        if self._state == TERMINATE:
             return 0  # an imap feeder that has not seen terminate() yet
         indexes: list[int] = []
         encoded: list[bytes] = []
@@ -600,7 +515,7 @@ class DaskPool:
             for future, index, count in zip(futures, indexes, items, strict=True):
                 what = f"task {index} of {call}"
                 self._tasks[future.key] = _Task(future, result, index, count, feed, what)
-            self._tasks_submitted += len(futures)
+            self._counters.frames_written += len(futures)  # tasks, for DaskPool
         for future in futures:
             future.add_done_callback(self._inbox.put)
         return len(futures)
@@ -633,10 +548,10 @@ class DaskPool:
         self._check_running()
         callable_future = self._ship(func)
         result: multiprocessing.pool.ApplyResult[R] = ApplyResult(
-            self, _guarded(callback, "callback"), _guarded(error_callback, "error_callback")
+            self, guarded(callback, "callback"), guarded(error_callback, "error_callback")
         )
-        call = f"apply_async({_label(func)})"
-        self._submit(call, callable_future, _APPLY, result, [(0, (args, kwds), 1)])
+        call = f"apply_async({label(func)})"
+        self._submit(call, callable_future, APPLY, result, [(0, (args, kwds), 1)])
         return result
 
     def _map_async(
@@ -650,29 +565,26 @@ class DaskPool:
         error_callback: Callable[[BaseException], object] | None,
     ) -> Any:
         self._check_running()
-        if chunksize is not None and chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        check_chunksize(chunksize)
         callable_future = self._ship(func)
         items = iterable if isinstance(iterable, Sized) else list(iterable)
         length = len(items)
         if chunksize is None:
-            chunksize, extra = divmod(length, self._threads() * 4)
-            if extra:
-                chunksize += 1
+            chunksize = map_chunksize(length, self._threads())
         if length == 0:
             chunksize = 0
         result = MapResult(
             self,
             chunksize,
             length,
-            _guarded(callback, "callback"),
-            _guarded(error_callback, "error_callback"),
+            guarded(callback, "callback"),
+            guarded(error_callback, "error_callback"),
         )
         if length:
-            source = iter(items)
-            chunks = iter(lambda: list(itertools.islice(source, chunksize)), [])
-            work = [(index, chunk, len(chunk)) for index, chunk in enumerate(chunks)]
-            self._submit(f"{method}({_label(func)})", callable_future, mode, result, work)
+            work = [
+                (index, chunk, len(chunk)) for index, chunk in enumerate(chunks(items, chunksize))
+            ]
+            self._submit(f"{method}({label(func)})", callable_future, mode, result, work)
         return result
 
     def map(
@@ -680,7 +592,7 @@ class DaskPool:
     ) -> list[R]:
         """``[func(x) for x in iterable]``, run in chunks on the workers."""
         result: multiprocessing.pool.MapResult[R] = self._map_async(
-            "map", func, iterable, _MAP, chunksize, None, None
+            "map", func, iterable, MAP, chunksize, None, None
         )
         return result.get()
 
@@ -694,7 +606,7 @@ class DaskPool:
     ) -> multiprocessing.pool.MapResult[R]:
         """Like :meth:`multiprocessing.pool.Pool.map_async`: a stdlib ``MapResult``."""
         result: multiprocessing.pool.MapResult[R] = self._map_async(
-            "map_async", func, iterable, _MAP, chunksize, callback, error_callback
+            "map_async", func, iterable, MAP, chunksize, callback, error_callback
         )
         return result
 
@@ -706,7 +618,7 @@ class DaskPool:
     ) -> list[R]:
         """``[func(*args) for args in iterable]``, run in chunks on the workers."""
         result: multiprocessing.pool.MapResult[R] = self._map_async(
-            "starmap", func, iterable, _STARMAP, chunksize, None, None
+            "starmap", func, iterable, STARMAP, chunksize, None, None
         )
         return result.get()
 
@@ -720,7 +632,7 @@ class DaskPool:
     ) -> multiprocessing.pool.MapResult[R]:
         """Like :meth:`multiprocessing.pool.Pool.starmap_async`: a stdlib ``MapResult``."""
         result: multiprocessing.pool.MapResult[R] = self._map_async(
-            "starmap_async", func, iterable, _STARMAP, chunksize, callback, error_callback
+            "starmap_async", func, iterable, STARMAP, chunksize, callback, error_callback
         )
         return result
 
@@ -765,29 +677,27 @@ class DaskPool:
         buffersize: int | None,
     ) -> DaskResultIterator[Any]:
         self._check_running()
-        if chunksize is not None and chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
-            raise ValueError(f"buffersize must be a positive integer, got {buffersize!r}")
+        check_chunksize(chunksize)
+        check_buffersize(buffersize)
         callable_future = self._ship(func)
         threads = self._threads()
         if chunksize is None and isinstance(iterable, Sized):
-            chunksize = max(1, -(-len(iterable) // (threads * 4)))
-        chunks = iterator_class(self)
-        call = f"{method}({_label(func)})"
+            chunksize = max(1, map_chunksize(len(iterable), threads))
+        results = iterator_class(self)
+        call = f"{method}({label(func)})"
 
         def submit(chunk: list[Any], index: int, feed: _Feed) -> int:
             return self._submit(
-                call, callable_future, _MAP, chunks, [(index, chunk, len(chunk))], feed
+                call, callable_future, MAP, results, [(index, chunk, len(chunk))], feed
             )
 
         feed = _Feed(
-            self, submit, chunks, iterable, chunksize, IN_FLIGHT_PER_THREAD * threads, buffersize
+            self, submit, results, iterable, chunksize, IN_FLIGHT_PER_THREAD * threads, buffersize
         )
         with self._lock:
             self._feeds.add(feed)
         feed.start()
-        return DaskResultIterator(chunks, feed, per_item=chunksize == 1)
+        return DaskResultIterator(results, feed, per_item=chunksize == 1)
 
     # -- the collector thread -------------------------------------------------------------
 
@@ -797,7 +707,7 @@ class DaskPool:
             with contextlib.suppress(queue.Empty):
                 while True:
                     batch.append(self._inbox.get_nowait())
-            if self._state == _TERMINATE:
+            if self._state == TERMINATE:
                 return
             finished = []
             for item in batch:
@@ -807,9 +717,9 @@ class DaskPool:
                     item()  # a local outcome: _set or _set_length
             if finished:
                 self._deliver(finished)
-            if self._state == _TERMINATE:
+            if self._state == TERMINATE:
                 return
-            if self._state == _CLOSE and not self._cache:
+            if self._state == CLOSE and not self._cache:
                 self._shut_down()
                 return
 
@@ -827,7 +737,7 @@ class DaskPool:
             except BaseException:
                 values = {}
         for task in tasks:
-            if task is None or self._state == _TERMINATE:
+            if task is None or self._state == TERMINATE:
                 continue
             try:
                 key = task.future.key
@@ -854,8 +764,8 @@ class DaskPool:
 
     def close(self) -> None:
         """Accept no more calls; once the pending ones are done, stop a local cluster."""
-        if self._state == _RUN:
-            self._state = _CLOSE
+        if self._state == RUN:
+            self._state = CLOSE
             self._inbox.put(None)
 
     def terminate(self) -> None:
@@ -866,9 +776,9 @@ class DaskPool:
         keeps running, and so do tasks already running on it: dask cannot stop
         a running task (their results are dropped).
         """
-        if self._state == _INIT:
+        if self._state == INIT:
             return
-        self._state = _TERMINATE
+        self._state = TERMINATE
         with self._lock:
             feeds = list(self._feeds)
             futures = [task.future for task in self._tasks.values()]
@@ -886,7 +796,7 @@ class DaskPool:
 
     def join(self) -> None:
         """Wait until a closed pool has finished its work (and stopped its local cluster)."""
-        if self._state in (_INIT, _RUN):
+        if self._state in (INIT, RUN):
             raise ValueError("Pool is still running")
         if threading.current_thread() is not self._collector:
             self._collector.join()

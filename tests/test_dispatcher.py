@@ -1,0 +1,386 @@
+"""The dispatcher's policy and ledger on their own: scheduling, batching, deaths,
+timeouts, cancellation, a broken initializer.
+
+No worker processes: each worker is a :class:`MemoryChannel` that the test
+drives by hand (take a task, answer it, die), so every step is exact.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import threading
+import time
+from concurrent.futures import CancelledError
+from typing import Any
+
+import pytest
+
+from methodpool import InitializerError, TaskTimeoutError, WorkerLostError
+from methodpool._stats import PoolCounters, StatsCollector
+from methodpool._transport._dispatcher import (
+    BATCH_FRAMES,
+    BATCH_LOW,
+    MIN_DEPTH,
+    Dispatcher,
+)
+from methodpool._transport._wire import (
+    HEADER,
+    INITIALIZER_FAILED,
+    WORKER_READY,
+    encode_result,
+    split_task,
+)
+
+
+class _Popen:
+    returncode: int | None = None
+
+
+class FakeProcess:
+    """What the dispatcher reads of a worker process: pid, exit code, kill()."""
+
+    def __init__(self, channel: MemoryChannel) -> None:
+        self.pid = 4242
+        self._popen = _Popen()
+        self._channel = channel
+        self.killed = False
+
+    def kill(self) -> None:
+        self.killed = True
+        self._channel.die(exitcode=-9)
+
+
+class MemoryChannel:
+    """A :class:`~methodpool._transport._channel.Channel` played by the test.
+
+    Frames the dispatcher sends wait in ``tasks`` until the test ``take()``s
+    them; ``answer()`` sends a result back; ``die()`` is the worker's death
+    (end of file; it never took what is left in ``tasks``).
+    """
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self.batches = True
+        self.capacity = capacity
+        self.tasks: collections.deque[bytes] = collections.deque()
+        self.sends: list[int] = []  # frames per send() call
+        self.results: collections.deque[bytes] = collections.deque()
+        self._bell_r, self._bell_w = os.pipe()
+        self.alive = True
+        self.stopped = False
+        self.process = FakeProcess(self)
+
+    # the worker's side, driven by the test
+
+    def take(self) -> tuple[int, int]:
+        job, index, _, _ = split_task(self.tasks.popleft())
+        return job, index
+
+    def answer(self, job: int, index: int, value: Any = None) -> None:
+        self.results.append(encode_result(job, index, True, value, ()))
+        os.write(self._bell_w, b"!")
+
+    def ready(self) -> None:
+        self.results.append(HEADER.pack(WORKER_READY, 0))
+        os.write(self._bell_w, b"!")
+
+    def die(self, exitcode: int = 1) -> None:
+        if self.alive:
+            self.alive = False
+            self.process._popen.returncode = exitcode
+            os.close(self._bell_w)
+
+    # the Channel interface
+
+    def fileno(self) -> int:
+        return self._bell_r
+
+    def send(self, frames: Any) -> int:
+        if not self.alive:
+            return 0
+        self.sends.append(len(frames))
+        self.tasks.extend(frames)
+        return len(frames)
+
+    def receive(self) -> list[bytes]:
+        if not os.read(self._bell_r, 1 << 16) and not self.results:
+            raise EOFError
+        frames = list(self.results)
+        self.results.clear()
+        return frames
+
+    def fits(self, nbytes: int) -> bool:
+        return sum(len(frame) + 4 for frame in self.tasks) + nbytes <= self.capacity
+
+    def untaken(self, delivered: Any) -> int:
+        return len(self.tasks)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def close(self) -> None:
+        os.close(self._bell_r)
+
+
+class TaskQueue:
+    """Stands in for the pool's task queue: records what the dispatcher asks to resend."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+
+
+def run_worker(*args: Any) -> None:  # never started: the tests add workers by hand
+    raise AssertionError("no process is started in these tests")
+
+
+def make(workers: int = 1, task_timeout: float | None = None) -> tuple[Dispatcher, list[Any]]:
+    dispatcher = Dispatcher(run_worker, (), None, task_timeout, PoolCounters())
+    dispatcher.attach(TaskQueue())
+    channels = []
+    for _ in range(workers):
+        channel = MemoryChannel()
+        dispatcher.add_worker(channel.process, channel)
+        channels.append(channel)
+    return dispatcher, channels
+
+
+def job(dispatcher: Dispatcher, number: int, task_timeout: float | None = None) -> None:
+    dispatcher.job_started(number, task_timeout, StatsCollector("test", None))
+
+
+def put(dispatcher: Dispatcher, number: int, index: int, value: Any = 0) -> None:
+    dispatcher.put((number, index, abs, (value,), {}))
+
+
+def get(dispatcher: Dispatcher, timeout: float = 5.0) -> Any:
+    """The dispatcher's next outcome, from a thread, so a hang fails the test."""
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(dispatcher.get()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert box, "get() did not return"
+    return box[0]
+
+
+# -- scheduling ------------------------------------------------------------------
+
+
+def test_each_task_goes_to_the_least_busy_worker() -> None:
+    dispatcher, (a, b) = make(workers=2)
+    job(dispatcher, 1)
+    for index in range(4):
+        put(dispatcher, 1, index)
+    assert len(a.tasks) == len(b.tasks) == 2  # alternating, MIN_DEPTH each
+
+
+def test_a_sender_waits_for_room_and_the_result_thread_wakes_it() -> None:
+    dispatcher, (worker,) = make()
+    job(dispatcher, 1)
+    for index in range(MIN_DEPTH):
+        put(dispatcher, 1, index)
+    blocked = threading.Thread(target=put, args=(dispatcher, 1, MIN_DEPTH), daemon=True)
+    blocked.start()
+    time.sleep(0.2)
+    assert blocked.is_alive() and len(worker.tasks) == MIN_DEPTH, "sent beyond the depth"
+    worker.answer(*worker.take())
+    assert get(dispatcher).outcome == (True, None)
+    blocked.join(5)
+    assert not blocked.is_alive() and len(worker.tasks) == MIN_DEPTH
+
+
+def test_maxtasks_caps_what_one_worker_is_sent() -> None:
+    dispatcher = Dispatcher(run_worker, (), 2, None, PoolCounters())
+    a, b = MemoryChannel(), MemoryChannel()
+    dispatcher.add_worker(a.process, a)
+    job(dispatcher, 1)
+    put(dispatcher, 1, 0)
+    put(dispatcher, 1, 1)
+    a.answer(*a.take())
+    get(dispatcher)
+    dispatcher.add_worker(b.process, b)
+    put(dispatcher, 1, 2)  # a has room again, but has had its two
+    assert [len(a.tasks), len(b.tasks)] == [1, 1]
+
+
+# -- batching --------------------------------------------------------------------
+
+
+def test_small_frames_for_a_busy_worker_travel_in_batches() -> None:
+    dispatcher, (worker,) = make()
+    dispatcher.ledger.workers[worker].depth = 100
+    job(dispatcher, 1)
+    count = BATCH_LOW + BATCH_FRAMES + 3
+    for index in range(count):
+        put(dispatcher, 1, index)
+    # Written one by one until the worker has BATCH_LOW queued; then batched,
+    # a full batch written at once; the last few wait.
+    assert worker.sends == [1] * BATCH_LOW + [BATCH_FRAMES]
+    assert len(worker.tasks) == BATCH_LOW + BATCH_FRAMES
+    counters = dispatcher._counters
+    assert (counters.frames_written, counters.writes) == (count, BATCH_LOW + 1)
+    # As the worker runs low, the result thread writes the rest itself.
+    for _ in range(BATCH_FRAMES + 1):
+        worker.answer(*worker.take())
+        get(dispatcher)
+    assert worker.sends[-1] == 3
+    left = [worker.take()[1] for _ in range(len(worker.tasks))]
+    assert left == list(range(count - 6, count))  # in order, none lost or doubled
+
+
+def test_the_result_thread_never_writes_a_batch_that_does_not_fit() -> None:
+    dispatcher, (worker,) = make()
+    dispatcher.ledger.workers[worker].depth = 100
+    job(dispatcher, 1)
+    for index in range(BATCH_LOW + 3):
+        put(dispatcher, 1, index)
+    assert worker.sends == [1] * BATCH_LOW  # three wait in the batch
+    worker.capacity = 0  # the pipe is full
+    worker.answer(*worker.take())
+    get(dispatcher)
+    assert worker.sends == [1] * BATCH_LOW, "the result thread wrote into a full pipe"
+    dispatcher.ledger.workers[worker].depth = 100  # however slow that result seemed
+    put(dispatcher, 1, BATCH_LOW + 3)  # the task thread writes them with the next one
+    assert worker.sends[-1] == 4
+
+
+def test_stopping_the_workers_writes_their_batches_first() -> None:
+    dispatcher, (worker,) = make()
+    dispatcher.ledger.workers[worker].depth = 100
+    job(dispatcher, 1)
+    for index in range(BATCH_LOW + 2):
+        put(dispatcher, 1, index)
+    dispatcher.put(None)
+    assert worker.sends[-1] == 2 and worker.stopped
+
+
+# -- deaths ----------------------------------------------------------------------
+
+
+def test_a_dead_worker_fails_its_running_task_and_its_untaken_ones_are_resent() -> None:
+    dispatcher, (dying, other) = make(workers=2)
+    dispatcher.ledger.workers[dying].depth = dispatcher.ledger.workers[other].depth = 3
+    job(dispatcher, 1)
+    for index in range(6):
+        put(dispatcher, 1, index)
+    running = dying.take()  # it runs one; two stay in its pipe
+    dying.die(exitcode=-9)
+    outcome = get(dispatcher)
+    assert (outcome.job, outcome.number) == running
+    ok, error = outcome.outcome
+    assert not ok and isinstance(error, WorkerLostError)
+    assert "was killed by SIGKILL" in str(error) and f"task {running[1]} of job 1" in str(error)
+    assert dispatcher._taskqueue.items, "no resend was asked for"
+    for _ in range(3):  # room on the other worker for the resent two
+        other.answer(*other.take())
+        get(dispatcher)
+    (batch,) = dispatcher._taskqueue.items
+    for marker in batch[0]:
+        dispatcher.put(marker)
+    resent = [other.take()[1] for _ in range(len(other.tasks))]
+    assert running == (1, 0) and resent == [2, 4]
+
+
+def test_a_worker_that_dies_before_taking_anything_fails_nothing() -> None:
+    dispatcher, (dying, other) = make(workers=2)
+    job(dispatcher, 1)
+    put(dispatcher, 1, 0)  # to the one that dies
+    put(dispatcher, 1, 1)
+    dying.die()
+    # Nothing to report: the next outcome is the other worker's.
+    other.answer(*other.take())
+    assert get(dispatcher).outcome == (True, None)
+    assert not dispatcher.ledger.dying
+    (requeued,) = dispatcher.ledger.requeue
+    assert requeued.number == 0 and dispatcher._taskqueue.items
+
+
+def test_frames_a_dead_worker_never_received_are_resent() -> None:
+    dispatcher, (worker,) = make()
+    job(dispatcher, 1)
+    put(dispatcher, 1, 0)
+    worker.alive = False  # gone, but its end of file not seen yet
+    put(dispatcher, 1, 1)  # this send fails
+    assert dispatcher.ledger.workers[worker].undelivered == 1
+    running = worker.take()
+    worker.alive = True
+    worker.die()
+    outcome = get(dispatcher)
+    assert (outcome.job, outcome.number) == running and not outcome.outcome[0]
+    (requeued,) = dispatcher.ledger.requeue
+    assert requeued.number == 1
+
+
+# -- timeouts and cancellation -----------------------------------------------------
+
+
+def test_an_overdue_task_kills_its_worker_and_fails_with_task_timeout_error() -> None:
+    dispatcher, (worker,) = make()
+    job(dispatcher, 1, task_timeout=0.1)
+    worker.ready()
+    put(dispatcher, 1, 0)
+    worker.take()
+    outcome = get(dispatcher)
+    ok, error = outcome.outcome
+    assert worker.process.killed
+    assert not ok and isinstance(error, TaskTimeoutError)
+    assert "task_timeout of 0.1 s" in str(error)
+
+
+def test_timeouts_count_only_once_the_worker_is_ready() -> None:
+    dispatcher, (worker,) = make()
+    job(dispatcher, 1, task_timeout=0.1)
+    put(dispatcher, 1, 0)  # not ready: still starting up
+    assert dispatcher.ledger.seconds_to_next_deadline() is None
+    worker.ready()
+    dispatcher._receive(dispatcher.ledger.workers[worker])
+    deadline = dispatcher.ledger.seconds_to_next_deadline()
+    assert deadline is not None and 0.05 < deadline <= 0.11
+
+
+def test_cancelling_a_running_task_fails_it_at_once_and_kills_its_worker() -> None:
+    dispatcher, (worker,) = make()
+    job(dispatcher, 7)
+    put(dispatcher, 7, 0)
+    worker.take()
+    error = CancelledError("cancelled")
+    dispatcher.cancel(7, error)
+    assert worker.process.killed
+    assert get(dispatcher).outcome == (False, error)
+    # Its worker's death reports the kill reason, the cancellation, not a loss
+    # (the result object keeps the first outcome).
+    assert get(dispatcher).outcome == (False, error)
+
+
+def test_a_cancelled_task_not_yet_sent_is_never_sent() -> None:
+    dispatcher, (worker,) = make()
+    job(dispatcher, 7)
+    dispatcher.cancel(7, CancelledError())
+    put(dispatcher, 7, 0)
+    assert not worker.tasks and not worker.process.killed
+
+
+# -- a broken initializer ------------------------------------------------------------
+
+
+def test_a_failed_initializer_fails_what_cannot_run_and_breaks_the_pool() -> None:
+    dispatcher, (worker,) = make()
+    job(dispatcher, 1)
+    put(dispatcher, 1, 0)
+    frame = encode_result(INITIALIZER_FAILED, 0, False, ValueError("no config"), ())
+    worker.results.append(frame)
+    os.write(worker._bell_w, b"!")
+    ok, error = get(dispatcher).outcome
+    assert not ok and isinstance(error, InitializerError)
+    assert isinstance(error.__cause__, ValueError) and dispatcher.broken is error
+    with pytest.raises(InitializerError):
+        put(dispatcher, 1, 1)
+
+
+def test_result_frames_name_the_task_they_answer() -> None:
+    frame = encode_result(3, 5, True, [1, 2], ())
+    assert HEADER.unpack_from(frame) == (3, 5)
+    assert pickle.loads(frame[HEADER.size :]) == (True, [1, 2])
