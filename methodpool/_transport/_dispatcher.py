@@ -1,15 +1,9 @@
 """The dispatcher: the pool's handler threads' way to the workers' channels.
 
-::
-
-    task-handler thread                                     worker k
-      put(task) --> encode the frame; pick the least  --> channel k ----> run_worker
-                    busy worker with room (its depth);                        |
-                    the ledger notes (job, i)                                 v
-    result-handler thread
-      get() <------ wait on every channel; the ledger <-- channel k <---- (ok, value)
-                    settles the worker's oldest task;
-                    end of file: the worker is gone
+``put`` (the task-handler thread) frames a task and writes it to a worker's
+channel; ``get`` (the result-handler thread) waits on every channel and
+hands the pool each outcome.  Where this sits in the data flow is pictured
+in :mod:`methodpool._pool`.
 
 What happens to the tasks of a worker that is gone, to overdue and to
 cancelled tasks, is the ledger's (:mod:`._ledger`); how frames are written
