@@ -22,6 +22,7 @@ from ._errors import (
     SerializationError,
     TaskTimeoutError,
     WorkerLostError,
+    WorkerStartError,
 )
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ __all__ = [
     "TaskResult",
     "TaskTimeoutError",
     "WorkerLostError",
+    "WorkerStartError",
     "available_serializers",
     "patch",
     "register_serializer",

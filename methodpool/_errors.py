@@ -80,6 +80,17 @@ class InitializerError(RuntimeError):
     """
 
 
+class WorkerStartError(RuntimeError):
+    """Worker processes cannot start, so the pool cannot run tasks.
+
+    Raised (by the call, or as the failure of its pending tasks) once workers
+    keep exiting before they are ready: the pool stops starting them instead
+    of the stdlib's endless restarts.  The message says why, when that is
+    known (a main module that creates a pool when it is imported, a script
+    read from standard input under spawn or forkserver, ...), and what to do.
+    """
+
+
 class PoolTerminatedError(RuntimeError):
     """The pool was terminated before this task's result arrived."""
 
@@ -93,6 +104,7 @@ for _error in (
     WorkerLostError,
     TaskTimeoutError,
     InitializerError,
+    WorkerStartError,
     PoolTerminatedError,
 ):
     _error.__module__ = "methodpool"

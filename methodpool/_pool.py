@@ -77,7 +77,7 @@ from ._calls import (
     label,
     map_chunksize,
 )
-from ._errors import InitializerError, PoolTerminatedError
+from ._errors import PoolTerminatedError
 from ._progress import Progress, ProgressSpec, progress_bar
 from ._results import (
     ListResult,
@@ -90,6 +90,7 @@ from ._results import (
 from ._serializers import AUTO, SupportsDumpsLoads, main_reference_guard
 from ._sharedmem import Lease, SegmentRegistry
 from ._shipping import ShippedCallable
+from ._startup import check_main_importable, creation_site, refuse_pool_while_bootstrapping
 from ._stats import CallStats, PoolCounters, StatsCollector
 from ._transport._dispatcher import Dispatcher
 from ._worker import run_worker
@@ -185,6 +186,7 @@ class MethodPool(multiprocessing.pool.Pool):
         # Pool.__del__ reads these even when __init__ raises before Pool's own.
         self._pool = []
         self._state = multiprocessing.pool.INIT
+        refuse_pool_while_bootstrapping()
         check_task_timeout(task_timeout)
         self._counters = PoolCounters()
         self._shipper = Shipper(serializer, self._counters)
@@ -203,6 +205,10 @@ class MethodPool(multiprocessing.pool.Pool):
         # Unlink the segments when the pool is collected or the interpreter
         # exits without terminate() or join() (which unlink them too).
         weakref.finalize(self, self._segments.close)
+        # The context Pool.__init__ would take, taken here to check it first.
+        context = context or multiprocessing.get_context()
+        check_main_importable(str(context.get_start_method()))
+        self._dispatcher.creation_site = creation_site()
         super().__init__(processes, initializer, initargs, maxtasksperchild, context)
         self._dispatcher.attach(self._taskqueue)
         taskqueue = self._taskqueue
@@ -282,7 +288,7 @@ class MethodPool(multiprocessing.pool.Pool):
         self._check_running()
         broken = self._dispatcher.broken
         if broken is not None:
-            raise InitializerError(*broken.args) from broken.__cause__
+            raise type(broken)(*broken.args) from broken.__cause__
         check_task_timeout(task_timeout)
         stats = StatsCollector(method, items)
         started = time.perf_counter()

@@ -97,3 +97,18 @@ def test_api_reference_documents_every_public_name() -> None:
         re.findall(r"^\.\. (?:auto)?(?:class|exception|function)::\s+(\w+)", api, re.M)
     )
     assert documented == set(methodpool.__all__)
+
+
+def test_the_readme_example_runs_as_a_script_under_spawn(tmp_path: Path) -> None:
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"^## Example\n.*?^```python\n(.*?)^```", readme, re.M | re.S)
+    assert example is not None
+    script = tmp_path / "example.py"
+    script.write_text(
+        "import multiprocessing\nmultiprocessing.set_start_method('spawn', force=True)\n"
+        + example.group(1)
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=50
+    )
+    assert result.stdout == "[0, 3, 6, 9, 12]\n[0, 1, 4, 9, 16]\n", result.stderr

@@ -76,9 +76,15 @@ from .._calls import (
     label,
     map_chunksize,
 )
-from .._errors import InitializerError, PoolTerminatedError, WorkerLostError
+from .._errors import InitializerError, PoolTerminatedError, WorkerLostError, WorkerStartError
 from .._serializers import AUTO, PoolPlaceholder, SupportsDumpsLoads, main_reference_guard
 from .._shipping import encode
+from .._startup import (
+    check_main_importable,
+    creation_site,
+    explain_cluster_failure,
+    refuse_pool_while_bootstrapping,
+)
 from .._stats import PoolCounters
 from .._transport._wire import decode_result
 from ._tasks import APPLY, MAP, STARMAP, InitializerPlugin, hold_callable, run_chunk
@@ -315,6 +321,7 @@ class DaskPool:
         serializer: str | SupportsDumpsLoads = AUTO,
     ) -> None:
         self._state = INIT
+        refuse_pool_while_bootstrapping()
         if maxtasksperchild is not None:
             raise NotImplementedError(
                 "DaskPool does not support maxtasksperchild: dask workers are long-lived. "
@@ -364,17 +371,7 @@ class DaskPool:
         self._plugin_name: str | None = None
         if cluster is None:
             self._processes = processes or os.cpu_count() or 1
-            self._local_cluster = distributed.LocalCluster(
-                n_workers=self._processes,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                # Without a dashboard the scheduler still serves HTTP (health,
-                # metrics), on port 8787 unless told: take a free port instead,
-                # so that a second cluster neither collides nor warns.
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            )
+            self._local_cluster = self._start_local_cluster(self._processes)
             cluster = self._local_cluster
         if isinstance(cluster, distributed.Client):
             self._client = cluster
@@ -402,6 +399,26 @@ class DaskPool:
             target=self._collect, name="methodpool-dask-collector", daemon=True
         )
         self._collector.start()
+
+    def _start_local_cluster(self, workers: int) -> Any:
+        # Dask spawns its worker processes, which import the main module
+        # first: a script without a main guard fails them all.
+        site = creation_site()
+        check_main_importable("spawn")
+        try:
+            return distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                # Without a dashboard the scheduler still serves HTTP (health,
+                # metrics), on port 8787 unless told: take a free port instead,
+                # so that a second cluster neither collides nor warns.
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            )
+        except Exception as exc:
+            raise WorkerStartError(explain_cluster_failure(site, exc)) from exc
 
     @property
     def client(self) -> distributed.Client:

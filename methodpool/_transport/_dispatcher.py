@@ -42,8 +42,9 @@ from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
 from .._backend import new_worker_process
-from .._errors import InitializerError
+from .._errors import InitializerError, WorkerStartError
 from .._serializers import Serializer
+from .._startup import explain_start_failure
 from ._channel import Channel, PipeChannel, open_pipes, parent_ends
 from ._ledger import InFlight, Ledger, WorkerState
 from ._wire import (
@@ -156,7 +157,10 @@ class Dispatcher:
         self._fallback = tuple(fallback)
         self._counters = counters
         self._pickler: type[pickle.Pickler] = ForkingPickler
-        self.ledger: Ledger[_Worker] = Ledger(task_timeout)
+        self._start_method = "fork"  # known once a worker starts
+        # Where the pool was created, if by the main module's own code.
+        self.creation_site: tuple[str, int] | None = None
+        self.ledger: Ledger[_Worker] = Ledger(task_timeout, self._explain_start_failure)
         ledger = self.ledger
         self._cond = ledger.cond
         self._ready = ledger.ready
@@ -174,7 +178,7 @@ class Dispatcher:
         self._wake_pending = False
 
     @property
-    def broken(self) -> InitializerError | None:
+    def broken(self) -> InitializerError | WorkerStartError | None:
         """The error every call fails with once the initializer has raised, else ``None``."""
         return self.ledger.broken
 
@@ -196,6 +200,7 @@ class Dispatcher:
         """A new, unstarted worker process on a channel of its own."""
         if self.ledger.broken is not None:
             return _NeverStarted()
+        self._start_method = str(ctx.get_start_method())
         parent, child = open_pipes()
         process = None
 
@@ -211,6 +216,9 @@ class Dispatcher:
             started,
         )
         return process
+
+    def _explain_start_failure(self, exitcode: int | None, how: str) -> str:
+        return explain_start_failure(self._start_method, exitcode, how, self.creation_site)
 
     def add_worker(self, process: Any, channel: Channel) -> None:
         """Start sending tasks to a started worker ``process`` on ``channel``."""
@@ -280,7 +288,7 @@ class Dispatcher:
                 job, index, frame, _ = requeue.popleft()
             try:
                 self._send(job, index, frame)
-            except InitializerError as broken:
+            except (InitializerError, WorkerStartError) as broken:
                 # The task handler calls this for its own marker too, which
                 # must not raise: the popped task fails through get().
                 self._ready.append(Result(job, index, (False, broken)))
@@ -408,10 +416,11 @@ class Dispatcher:
         ledger = self.ledger
         while not self._ready:
             timeout = ledger.seconds_to_next_deadline()
-            if ledger.dying:
+            reaping = ledger.dying or ledger.failed_starts
+            if reaping:
                 timeout = min(timeout or _REAP_POLL, _REAP_POLL)
             events = self._selector.select(timeout)
-            if ledger.dying:
+            if reaping:
                 ledger.report_reaped()
             if not events:
                 _kill(ledger.overdue())
@@ -445,8 +454,7 @@ class Dispatcher:
         job, index = HEADER.unpack_from(data)
         now = time.monotonic()
         if job == WORKER_READY:
-            worker.ready = True
-            worker.last_result = now
+            self.ledger.worker_ready(worker, now)
             return
         if job == INITIALIZER_FAILED:
             self.ledger.initializer_failed(decode_result(data).outcome[1])

@@ -9,7 +9,10 @@ there, not from a new worker's start-up.
 What the ledger decides, and nothing else: when a worker is gone, its
 running task fails and the tasks it never took are resent (:meth:`Ledger.worker_lost`);
 which running task is overdue (:meth:`Ledger.overdue`); what a cancelled job
-skips (:meth:`Ledger.cancel`); what fails when the initializer is broken.
+skips (:meth:`Ledger.cancel`); when the pool is broken and what then fails
+(:meth:`Ledger.break_pool`): the initializer raised, or workers keep
+exiting before they are ready (:data:`~methodpool._startup.START_FAILURES_MAX`
+in a row, with no worker becoming ready in between).
 How tasks reach workers, and which worker gets one, is the dispatcher's.
 
 Threads.  The task-handler thread adds entries, the result-handler thread
@@ -25,10 +28,12 @@ import collections
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from .._backend import reaped_exitcode
-from .._errors import InitializerError, TaskTimeoutError, WorkerLostError
+from .._errors import InitializerError, TaskTimeoutError, WorkerLostError, WorkerStartError
+from .._startup import START_FAILURES_MAX
 from ._wire import Result
 
 if TYPE_CHECKING:  # workers never import this module, but keep it light anyway
@@ -98,7 +103,11 @@ W = TypeVar("W", bound=WorkerState)
 class Ledger(Generic[W]):
     """The tables of tasks in flight, per job and per worker (see the module docstring)."""
 
-    def __init__(self, default_timeout: float | None) -> None:
+    def __init__(
+        self,
+        default_timeout: float | None,
+        explain_start_failure: Callable[[int | None, str], str],
+    ) -> None:
         self.cond = threading.Condition()
         self.workers: dict[Channel, W] = {}
         # Outcomes for the pool's result handler, in the order to deliver them.
@@ -106,8 +115,13 @@ class Ledger(Generic[W]):
         # Tasks of dead workers, to send again before anything new.
         self.requeue: collections.deque[InFlight] = collections.deque()
         self.dying: list[Dying] = []
+        # Workers that exited before they were ready, and when to stop waiting
+        # for their exit code; how many in a row (none became ready since).
+        self.failed_starts: list[tuple[WorkerState, float]] = []
+        self._start_failures = 0
+        self._explain_start_failure = explain_start_failure
         self.cancelled: set[int] = set()
-        self.broken: InitializerError | None = None
+        self.broken: InitializerError | WorkerStartError | None = None
         self._default_timeout = default_timeout
         self._timeouts: dict[int, float] = {}
         self._stats: dict[int, StatsCollector] = {}
@@ -159,6 +173,14 @@ class Ledger(Generic[W]):
         self.cancelled.discard(job)  # its one task is back: nothing more to skip
         return True
 
+    # -- workers ---------------------------------------------------------------
+
+    def worker_ready(self, worker: WorkerState, now: float) -> None:
+        """``worker`` has started up: it runs tasks, and timeouts count from now."""
+        worker.ready = True
+        worker.last_result = now
+        self._start_failures = 0
+
     # -- deaths ----------------------------------------------------------------
 
     def remove(self, worker: W) -> list[InFlight]:
@@ -175,6 +197,8 @@ class Ledger(Generic[W]):
         ``taken``: the one it was running fails (once its exit code is known),
         the rest are to be resent.  Whether any are."""
         cancelled_before = set(self.cancelled)
+        if not worker.ready and self.broken is None:
+            self.failed_starts.append((worker, time.monotonic() + REAP_WAIT))
         if taken > 0:  # the oldest was running
             running = held.pop(0)
             self.cancelled.discard(running.job)
@@ -192,8 +216,19 @@ class Ledger(Generic[W]):
 
     def report_reaped(self) -> None:
         """Fail the running task of each dead worker whose exit code is known
-        (or that has waited long enough for it)."""
+        (or that has waited long enough for it); count the workers that never
+        started, and break the pool when too many in a row did not."""
         now = time.monotonic()
+        for failed in list(self.failed_starts):
+            worker, give_up_at = failed
+            exitcode = reaped_exitcode(worker.process)
+            if exitcode is None and now < give_up_at:
+                continue
+            self.failed_starts.remove(failed)
+            self._start_failures += 1
+            if self._start_failures >= START_FAILURES_MAX and self.broken is None:
+                message = self._explain_start_failure(exitcode, describe_exit(exitcode))
+                self.break_pool(WorkerStartError(message))
         for entry in list(self.dying):
             worker, job, index, give_up_at = entry
             exitcode = reaped_exitcode(worker.process)
@@ -211,13 +246,17 @@ class Ledger(Generic[W]):
             self.ready.append(Result(job, index, (False, error)))
 
     def initializer_failed(self, error: BaseException) -> None:
-        """The initializer raised in a worker: the pool is broken.  Tasks waiting
-        to be resent fail, and so do those held by workers that have not started
-        (theirs will not run); ready workers finish theirs."""
+        """The initializer raised in a worker: the pool is broken."""
         broken = InitializerError(
             f"the pool's initializer raised in a worker, so the pool cannot run tasks: {error}"
         )
         broken.__cause__ = error
+        self.break_pool(broken)
+
+    def break_pool(self, broken: InitializerError | WorkerStartError) -> None:
+        """No task can run any more: every call fails with ``broken``.  Tasks
+        waiting to be resent fail, and so do those held by workers that have
+        not started (theirs will not run); ready workers finish theirs."""
         with self.cond:
             self.broken = broken
             held = list(self.requeue)
