@@ -1,6 +1,7 @@
 """Task functions that fail in every way a worker process can fail.
 
-Module-level, so workers of every start method can import them.
+Module-level, so workers of every start method can import them.  ``still_works``
+is the check, made in the parent, that a pool goes on after a fault.
 """
 
 from __future__ import annotations
@@ -9,10 +10,21 @@ import ctypes
 import os
 import signal
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from methodpool import MethodPool
 
 
 def square(x: int) -> int:
     return x * x
+
+
+SQUARES = [x * x for x in range(10)]
+
+
+def still_works(pool: MethodPool) -> None:
+    assert pool.map(square, range(10)) == SQUARES
 
 
 def die_on(x: int, victim: int = 3, how: str = "sigkill") -> int:

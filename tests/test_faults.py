@@ -17,35 +17,28 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from concurrent.futures import CancelledError
 from typing import Any
 
 import pytest
 from conftest import process_alive
 from faults import (
+    SQUARES,
     die_on,
     die_with,
-    fail_odd,
     failing_initializer,
     ignore_sigterm_and_sleep,
     pid_of_worker,
     sleep_then_square,
     square,
+    still_works,
 )
 
 from methodpool import (
     InitializerError,
     MethodPool,
     PoolTerminatedError,
-    TaskTimeoutError,
     WorkerLostError,
 )
-
-SQUARES = [x * x for x in range(10)]
-
-
-def still_works(pool: MethodPool) -> None:
-    assert pool.map(square, range(10)) == SQUARES
 
 
 @pytest.mark.parametrize(
@@ -199,44 +192,6 @@ def test_input_generator_raises_midway(pool: MethodPool, call: str) -> None:
     still_works(pool)
 
 
-def test_task_timeout_fails_only_the_overdue_task(ctx: Any) -> None:
-    with MethodPool(2, context=ctx, task_timeout=0.5) as pool:
-        results = [pool.apply_async(sleep_then_square, (s,)) for s in (0.01, 30, 0.01, 0.02)]
-        with pytest.raises(TaskTimeoutError, match=r"task_timeout of 0\.5 s"):
-            results[1].get(timeout=20)
-        assert [results[i].get(timeout=20) for i in (0, 2, 3)] == [0.0001, 0.0001, 0.0004]
-        still_works(pool)
-
-
-def test_per_call_task_timeout(pool: MethodPool) -> None:
-    outcome = pool.map_async(sleep_then_square, [0.01, 30], chunksize=1, task_timeout=0.5)
-    with pytest.raises(TaskTimeoutError):
-        outcome.get(timeout=20)
-    assert pool.apply(sleep_then_square, (0.2,), task_timeout=5) == pytest.approx(0.04)
-    with pytest.raises(ValueError, match="task_timeout must be a positive"):
-        pool.map(square, [1], task_timeout=0)
-    still_works(pool)
-
-
-def test_buffersize_bounds_how_far_the_input_is_read(pool: MethodPool) -> None:
-    pulled = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal pulled
-        while True:
-            pulled += 1
-            yield pulled
-
-    results = pool.imap(square, endless(), buffersize=5)
-    for expected in range(1, 101):
-        assert next(results) == expected * expected
-        assert pulled <= expected + 5
-    chunked = pool.imap_unordered(square, range(1000), chunksize=10, buffersize=3)
-    assert sorted(chunked) == [x * x for x in range(1000)]
-    with pytest.raises(ValueError, match="buffersize must be a positive integer"):
-        pool.imap(square, [1], buffersize=0)
-
-
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -307,72 +262,6 @@ def test_ctrl_c_during_map(start_method: str, tmp_path: Any) -> None:
     while any(process_alive(pid) for pid in worker_pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(process_alive(pid) for pid in worker_pids)
-
-
-def test_cancel_a_running_task(fresh_pool: MethodPool) -> None:
-    running = fresh_pool.apply_async(sleep_then_square, (30,))
-    time.sleep(0.5)
-    started = time.monotonic()
-    assert running.cancel()
-    with pytest.raises(CancelledError):
-        running.get(timeout=10)
-    assert time.monotonic() - started < 5
-    assert not running.cancel()  # already settled
-    still_works(fresh_pool)
-
-
-def test_cancel_a_pending_task_before_it_runs(ctx: Any, tmp_path: Any) -> None:
-    marker = tmp_path / "ran"
-    with MethodPool(1, context=ctx) as pool:
-        blocker = pool.apply_async(sleep_then_square, (1.0,))
-        queued = [pool.apply_async(sleep_then_square, (0.01,)) for _ in range(5)]
-        pending = pool.apply_async(marker.touch)
-        assert pending.cancel()
-        with pytest.raises(CancelledError):
-            pending.get(timeout=10)
-        assert blocker.get(timeout=30) == 1.0  # the running task was not disturbed
-        assert [q.get(timeout=30) for q in queued] == [0.0001] * 5
-        still_works(pool)
-    assert not marker.exists()
-
-
-def test_cancel_after_the_result_changes_nothing(pool: MethodPool) -> None:
-    done = pool.apply_async(square, (3,))
-    assert done.get(timeout=30) == 9
-    assert not done.cancel()
-    assert done.get() == 9
-
-
-def test_task_timeout_fires_on_an_idle_pool_every_time(ctx: Any) -> None:
-    # The result thread may be asleep with no deadline when the task is sent.
-    with MethodPool(1, context=ctx) as pool:
-        still_works(pool)
-        for _ in range(4):
-            started = time.monotonic()
-            with pytest.raises(TaskTimeoutError):
-                pool.apply(sleep_then_square, (30,), task_timeout=0.3)
-            assert time.monotonic() - started < 5
-
-
-def test_buffered_imap_goes_on_after_failed_items(pool: MethodPool) -> None:
-    results = pool.imap(fail_odd, range(20), buffersize=3)
-    got, errors = [], 0
-    for _ in range(20):
-        try:
-            got.append(results.next(timeout=20))
-        except ValueError:
-            errors += 1
-    assert got == list(range(0, 20, 2)) and errors == 10
-
-
-def test_abandoned_buffered_imap_does_not_block_close_and_join(ctx: Any) -> None:
-    pool = MethodPool(2, context=ctx)
-    results = pool.imap(square, range(1000), buffersize=4)
-    assert next(results) == 0  # and never read again
-    pool.close()
-    started = time.monotonic()
-    pool.join()
-    assert time.monotonic() - started < 20
 
 
 def test_worker_dying_on_a_task_larger_than_the_pipe_buffer(fresh_pool: MethodPool) -> None:

@@ -23,6 +23,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from typing import Any
 import compat_helpers as h
 import pytest
 from conftest import SharedPools
+from faults import square
 
 from methodpool import MethodPool, SerializationError
 
@@ -582,6 +584,16 @@ def test_pool_maxtasksperchild_invalid(ctx: Any, serializer: str) -> None:
             new_pool(ctx, serializer, 1, maxtasksperchild=value)
 
 
+def test_invalid_arguments_like_the_stdlib() -> None:
+    for pool_class in (MethodPool, multiprocessing.pool.Pool):
+        with pytest.raises(ValueError, match="Number of processes must be at least 1"):
+            pool_class(0)
+        with pytest.raises(ValueError, match="maxtasksperchild must be a positive int"):
+            pool_class(1, maxtasksperchild=0)
+        with pytest.raises(TypeError, match="initializer must be a callable"):
+            pool_class(1, initializer=3)
+
+
 def test_close_then_join_finishes_pending_tasks(make_pool: Callable[..., MethodPool]) -> None:
     p = make_pool(2)
     workers = list(p._pool)
@@ -697,6 +709,25 @@ def test_never_closed_pool_warns_and_is_cleaned_up(ctx: Any, serializer: str) ->
         gc.collect()
     # The pool's finalizer terminates its workers.
     assert wait_until(lambda: all(w.exitcode is not None for w in workers))
+
+
+def test_unclosed_pool_warns_like_the_stdlib(ctx: Any) -> None:
+    pool = MethodPool(1, context=ctx)
+    pool.map(square, [1])
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        pool.__del__()
+    pool.terminate()
+    pool.join()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pool.__del__()  # terminated: no warning
+
+
+def test_pool_refuses_to_be_pickled(pool: MethodPool) -> None:
+    import pickle
+
+    with pytest.raises(NotImplementedError, match="pool objects cannot be passed"):
+        pickle.dumps(pool)
 
 
 # --- maxtasksperchild -----------------------------------------------------------------
