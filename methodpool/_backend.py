@@ -24,6 +24,8 @@
   creation and leaves on completion; :func:`track_jobs` makes it report
   completions.  Result objects' ``_set`` is how a job is given a result; it fails
   pending jobs when the pool is terminated (:func:`fail_pending`).
+  ``MapResult._number_left`` (chunks still to come) tells which ``_set`` completes
+  a ``map_async`` result, so that its progress bar is closed before.
 
 ``tests/test_backend.py`` pins each of these on every supported version.
 

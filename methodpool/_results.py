@@ -64,6 +64,13 @@ class _Observed:
         if self._progress is not None:
             self._progress.advance(items)
 
+    def _end_progress(self) -> None:
+        # Before the outcome that completes the call is visible too: get(),
+        # map() or the end of an iteration return only once the bar is closed
+        # (else, in a loop, one call's bar would end after the next one's began).
+        if self._progress is not None:
+            self._progress.close()
+
     def _delivered(self, complete: bool) -> None:
         if self._progress is not None and complete:
             self._progress.close()
@@ -121,6 +128,7 @@ class TaskResult(_Awaitable[T], ApplyResult):  # type: ignore[misc]
         # After a cancel, the task's own outcome may still arrive: dropped.
         if not self.ready():
             self._advance(1)
+            self._end_progress()
             ApplyResult._set(self, i, obj)
             self._delivered(complete=True)
 
@@ -146,6 +154,8 @@ class ListResult(_Awaitable[list[T]], MapResult):  # type: ignore[misc]
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
         ok, value = obj
         self._advance(len(value) if ok else min(self._chunksize, self._items - i * self._chunksize))
+        if self._number_left == 1:  # this outcome completes the call
+            self._end_progress()
         MapResult._set(self, i, obj)
         self._delivered(complete=self.ready())
 
@@ -237,7 +247,10 @@ class ResultIterator(_Observed, Generic[T]):
             try:
                 item = self._base.next(self, timeout)
                 consumed = True
-            except (StopIteration, multiprocessing.TimeoutError):
+            except StopIteration:
+                self._end_progress()  # the result thread may not have closed it yet
+                raise
+            except multiprocessing.TimeoutError:
                 raise
             except Exception:
                 consumed = True  # a failed item is taken too: read one more
@@ -253,6 +266,9 @@ class ResultIterator(_Observed, Generic[T]):
         while not self._chunk:
             try:
                 chunk = self._base.next(self, timeout)
+            except StopIteration:
+                self._end_progress()
+                raise
             except multiprocessing.TimeoutError:
                 raise
             except Exception:
