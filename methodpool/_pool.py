@@ -60,6 +60,7 @@ from ._backend import (
     fail_pending,
     get_tasks,
     guarded_task_generation,
+    has_real_pipe,
     mapstar,
     starmapstar,
     track_jobs,
@@ -245,11 +246,14 @@ class MethodPool(multiprocessing.pool.Pool):
     # -- hooks into multiprocessing.pool.Pool (see _backend) -------------------
 
     def _setup_queues(self) -> None:
-        multiprocessing.pool.Pool._setup_queues(self)  # type: ignore[attr-defined]
+        # Through super(), not multiprocessing.pool.Pool, which code being
+        # migrated may have rebound to MethodPool itself.
+        super()._setup_queues()  # type: ignore[misc]
         pickler = (
             main_reference_guard(self._ctx.get_start_method()) if self._fallback else ForkingPickler
         )
-        self._dispatcher.connect(self._outqueue, pickler)
+        if has_real_pipe(self._outqueue):  # not so for a stand-in context: it runs no task
+            self._dispatcher.connect(self._outqueue, pickler)
         self._inqueue._methodpool_dispatcher = self._dispatcher
         self._quick_put = self._dispatcher.put
         self._quick_get = self._dispatcher.get
