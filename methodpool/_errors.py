@@ -20,28 +20,34 @@ class DeserializationError(pickle.UnpicklingError):
     """A task or result was serialized but could not be loaded on the other side.
 
     Typical causes: a module that is importable in the parent but not in the
-    worker, different package versions, or an exception class whose
-    ``__init__`` does not accept its own ``args``.  Only the affected task fails;
-    the pool keeps working.
+    worker, or different package versions.  Only the affected task fails; the
+    pool keeps working.
     """
 
 
 class RemoteTaskError(Exception):
     """Stands in for an exception raised by a task that could not travel back.
 
-    Used when the original exception cannot be serialized or rebuilt in the
-    parent.  It keeps what can be kept: :attr:`type_name` (the original class's
-    qualified name), :attr:`message` (``str()`` of the original) and, as with any
-    task exception, the remote traceback text in ``__cause__``.
+    Used for ``SystemExit``, ``KeyboardInterrupt`` and other exceptions that do
+    not derive from :class:`Exception`, and when the original exception can
+    neither be serialized nor rebuilt in the parent (its class cannot be
+    imported there, an attribute cannot be serialized).  It keeps what can be
+    kept: :attr:`type_name` (the original class's qualified name),
+    :attr:`message` (``str()`` of the original), :attr:`reason` (why it could
+    not be rebuilt, and what would fix that; empty for ``SystemExit`` and the
+    like) and, as with any task exception, the remote traceback text in
+    ``__cause__``.
     """
 
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(type_name, message)
+    def __init__(self, type_name: str, message: str, reason: str = "") -> None:
+        super().__init__(type_name, message, *((reason,) if reason else ()))
         self.type_name = type_name
         self.message = message
+        self.reason = reason
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+        text = f"{self.type_name}: {self.message}" if self.message else self.type_name
+        return f"{text} (not rebuilt here: {self.reason})" if self.reason else text
 
 
 class PoolUsedInWorkerError(RuntimeError):
