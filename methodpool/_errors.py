@@ -59,6 +59,17 @@ class PoolUsedInWorkerError(RuntimeError):
     """
 
 
+class NestedPoolError(AssertionError):
+    """A pool was created inside a pool worker (or another daemonic process).
+
+    Worker processes are daemonic, and daemonic processes cannot start
+    children, so a pool cannot run inside a task.  Return the work to the
+    parent and submit it there, or use a thread pool inside the task.  A
+    subclass of :class:`AssertionError`, which the standard library raises in
+    this case, so that existing ``except AssertionError`` clauses still catch it.
+    """
+
+
 class WorkerLostError(RuntimeError):
     """The worker process running a task died: killed, crashed or exited.
 
@@ -84,12 +95,30 @@ class PoolTerminatedError(RuntimeError):
     """The pool was terminated before this task's result arrived."""
 
 
+def refuse_nested_pool(what: str) -> None:
+    """Raise :class:`NestedPoolError` if this process cannot start ``what``'s workers."""
+    import multiprocessing  # here: most importers of methodpool never make a pool
+
+    process = multiprocessing.current_process()
+    if not process.daemon:
+        return
+    raise NestedPoolError(
+        f"{what} was created inside process {process.pid} ({process.name}), a daemonic "
+        "process such as a pool's worker, and daemonic processes are not allowed to have "
+        "children: a task cannot start a pool of its own. Return the work to the parent "
+        "and submit it from there (have the task return what it would have mapped, then "
+        "call pool.map on that in the parent), or use a thread pool inside the task "
+        "(multiprocessing.pool.ThreadPool or concurrent.futures.ThreadPoolExecutor)"
+    )
+
+
 # Shown (in tracebacks, reprs, pickles) under the name users import them by.
 for _error in (
     SerializationError,
     DeserializationError,
     RemoteTaskError,
     PoolUsedInWorkerError,
+    NestedPoolError,
     WorkerLostError,
     TaskTimeoutError,
     InitializerError,

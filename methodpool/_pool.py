@@ -66,7 +66,7 @@ from ._backend import (
     track_jobs,
 )
 from ._channels import Dispatcher
-from ._errors import InitializerError, PoolTerminatedError
+from ._errors import InitializerError, PoolTerminatedError, refuse_nested_pool
 from ._progress import Progress, ProgressSpec, progress_bar
 from ._results import ListResult, OrderedResults, ResultIterator, TaskResult, UnorderedResults
 from ._serializers import (
@@ -197,6 +197,7 @@ class MethodPool(multiprocessing.pool.Pool):
         # Pool.__del__ reads these even when __init__ raises before Pool's own.
         self._pool = []
         self._state = multiprocessing.pool.INIT
+        refuse_nested_pool(type(self).__name__)  # before anything is made
         if task_timeout is not None and task_timeout <= 0:
             raise ValueError(
                 f"task_timeout must be a positive number of seconds, got {task_timeout}"
