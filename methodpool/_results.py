@@ -9,7 +9,8 @@ Each is the stdlib's own class (``ApplyResult``, ``MapResult``,
   event loop: the pool's result-handler thread, which delivers every outcome
   (``_set``), wakes the waiting coroutines with ``loop.call_soon_threadsafe``;
 * a progress bar (``progress=``) advances by the items each outcome completes;
-* :meth:`TaskResult.cancel`;
+* :meth:`TaskResult.cancel`, also called when a coroutine awaiting the
+  result is cancelled;
 * chunked ``imap`` returns the iterator itself (flattening chunks), not a
   generator, so it keeps ``next(timeout)`` and async iteration.
 """
@@ -93,12 +94,30 @@ class _Awaitable(_Observed, Generic[T]):
         while not self.ready():
             future = self._waiter()
             if not self.ready():
-                yield from future.__await__()
+                yield from self._await_cancellable(future)
         return self.get(0)
+
+    def _await_cancellable(self, future: asyncio.Future[None]) -> Generator[Any, None, None]:
+        # The awaiting coroutine cancelled (asyncio.wait_for timing out, say):
+        # cancel the task too, as asyncio.wrap_future does for a future.
+        import asyncio
+
+        try:
+            yield from future.__await__()
+        except asyncio.CancelledError:
+            self._awaiter_cancelled()
+            raise
+
+    def _awaiter_cancelled(self) -> None:
+        """A coroutine awaiting this result was cancelled (a map's tasks go on)."""
 
 
 class TaskResult(_Awaitable[T], ApplyResult):  # type: ignore[misc]
-    """What :meth:`MethodPool.apply_async` returns: an awaitable, cancellable ``ApplyResult``."""
+    """What :meth:`MethodPool.apply_async` returns: an awaitable, cancellable ``ApplyResult``.
+
+    Cancelling a coroutine that awaits it (``asyncio.wait_for`` timing out, say)
+    cancels the task, as :func:`asyncio.wrap_future` does for a future.
+    """
 
     def __init__(
         self,
@@ -123,6 +142,9 @@ class TaskResult(_Awaitable[T], ApplyResult):  # type: ignore[misc]
             return False
         self._dispatcher.cancel(self._job, CancelledError(f"task of job {self._job} cancelled"))
         return True
+
+    def _awaiter_cancelled(self) -> None:
+        self.cancel()
 
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
         # After a cancel, the task's own outcome may still arrive: dropped.
