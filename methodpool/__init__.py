@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import (
     DeserializationError,
     InitializerError,
+    NestedPoolError,
     PoolTerminatedError,
     PoolUsedInWorkerError,
     RemoteTaskError,
@@ -77,6 +78,7 @@ __all__ = [
     "ListResult",
     "MaybeEncodingError",
     "MethodPool",
+    "NestedPoolError",
     "Pool",
     "PoolTerminatedError",
     "PoolUsedInWorkerError",

@@ -7,7 +7,9 @@
   every worker, the first ones and every replacement.  An instance attribute
   (:class:`WorkerFactory`) takes its place: it starts
   :func:`methodpool._worker.run_worker` on a channel of its own
-  (:mod:`methodpool._transport`) instead of the shared queues.
+  (:mod:`methodpool._transport`) instead of the shared queues, in a process of
+  methodpool's own class for the fork, spawn and forkserver contexts, and made
+  by ``ctx.Process`` as the stdlib does for any other (:func:`context_process`).
 * ``Pool._setup_queues`` sets ``_quick_put`` / ``_quick_get``, the functions
   through which the task-handler and result-handler threads send tasks and
   receive results.  MethodPool points them at its dispatcher.  The stdlib
@@ -29,6 +31,8 @@
   (:class:`~methodpool._results.ResultHost`).  ``IMapIterator.__init__``
   gains a required ``buffersize`` on CPython 3.16 (gh-136871):
   :func:`init_iterator` calls it either way.
+  ``MapResult._number_left`` (chunks still to come) tells which ``_set`` completes
+  a ``map_async`` result, so that its progress bar is closed before.
 
 ``tests/test_backend.py`` pins each of these on every supported version.
 
@@ -91,17 +95,46 @@ ForkServerWorker = type(
 _WORKER_CLASSES = {"fork": ForkWorker, "spawn": SpawnWorker, "forkserver": ForkServerWorker}
 
 
+_STDLIB_PROCESS_CLASSES = {
+    "fork": _context.ForkProcess,
+    "spawn": _context.SpawnProcess,
+    "forkserver": _context.ForkServerProcess,
+}
+
+
 def new_worker_process(
     ctx: Any, target: Callable[..., Any], args: tuple[Any, ...], after_start: Callable[[], None]
 ) -> Any:
     """An unstarted process of ``ctx``'s start method; ``after_start()`` runs once it starts."""
     method = ctx.get_start_method()
-    try:
-        cls = _WORKER_CLASSES[method]
-    except KeyError:
-        raise ValueError(f"methodpool does not support the start method {method!r}") from None
+    cls = _WORKER_CLASSES.get(method) if isinstance(method, str) else None
+    if cls is None or getattr(ctx, "Process", None) is not _STDLIB_PROCESS_CLASSES[method]:
+        return context_process(ctx, target, args, after_start)
     process = cls(target=target, args=args)
     _after_start[process] = after_start
+    return process
+
+
+def context_process(
+    ctx: Any, target: Callable[..., Any], args: tuple[Any, ...], after_start: Callable[[], None]
+) -> Any:
+    """A process made by ``ctx.Process``, as the stdlib pool makes its workers.
+
+    For what the stdlib accepts and methodpool has no worker class for: a
+    context of another start method, one with a ``Process`` class of its own,
+    or an object that is not a real context.  ``after_start()`` runs once the
+    process has started, through a ``start`` set on the instance, removed again
+    before the process starts (a start method that pickles the process object
+    must not meet it).
+    """
+    process = ctx.Process(target=target, args=args)
+
+    def start() -> None:
+        del process.start  # the class's own start() again
+        process.start()
+        after_start()
+
+    process.start = start
     return process
 
 
@@ -145,6 +178,18 @@ def reaped_exitcode(process: Any) -> int | None:
     """
     popen = getattr(process, "_popen", None)
     return None if popen is None else popen.returncode
+
+
+def has_real_pipe(queue: Any) -> bool:
+    """Whether ``queue`` (from a context's ``SimpleQueue()``) reads from a real pipe.
+
+    A stand-in context (a mock, in tests) gives queues without one: the
+    dispatcher must not wait on them.
+    """
+    try:
+        return isinstance(queue._reader.fileno(), int)
+    except Exception:
+        return False
 
 
 def abort_dispatch(inqueue: Any) -> None:

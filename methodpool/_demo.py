@@ -131,10 +131,11 @@ def run(out: Callable[[str], object] = print) -> None:
         )
 
         out("\nA worker killed mid-task costs that task only:")
-        outcomes = [pool.apply_async(_die_on_three, (x,)) for x in range(6)]
-        for x, outcome in enumerate(outcomes):
+        # One call, so that the tasks are numbered here as in the pool's messages.
+        outcomes = pool.imap(_die_on_three, range(6))
+        for x in range(6):
             try:
-                out(f"  task {x}: {outcome.get(timeout=30)}")
+                out(f"  task {x}: {outcomes.next(timeout=30)}")
             except WorkerLostError as exc:
                 out(f"  task {x}: WorkerLostError: {exc}")
     out("\nThe same callables in multiprocessing.Pool (spawn):")

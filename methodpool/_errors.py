@@ -26,28 +26,34 @@ class DeserializationError(pickle.UnpicklingError):
     """A task or result was serialized but could not be loaded on the other side.
 
     Typical causes: a module that is importable in the parent but not in the
-    worker, different package versions, or an exception class whose
-    ``__init__`` does not accept its own ``args``.  Only the affected task fails;
-    the pool keeps working.
+    worker, or different package versions.  Only the affected task fails; the
+    pool keeps working.
     """
 
 
 class RemoteTaskError(Exception):
     """Stands in for an exception raised by a task that could not travel back.
 
-    Used when the original exception cannot be serialized or rebuilt in the
-    parent.  It keeps what can be kept: :attr:`type_name` (the original class's
-    qualified name), :attr:`message` (``str()`` of the original) and, as with any
-    task exception, the remote traceback text in ``__cause__``.
+    Used for ``SystemExit``, ``KeyboardInterrupt`` and other exceptions that do
+    not derive from :class:`Exception`, and when the original exception can
+    neither be serialized nor rebuilt in the parent (its class cannot be
+    imported there, an attribute cannot be serialized).  It keeps what can be
+    kept: :attr:`type_name` (the original class's qualified name),
+    :attr:`message` (``str()`` of the original), :attr:`reason` (why it could
+    not be rebuilt, and what would fix that; empty for ``SystemExit`` and the
+    like) and, as with any task exception, the remote traceback text in
+    ``__cause__``.
     """
 
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(type_name, message)
+    def __init__(self, type_name: str, message: str, reason: str = "") -> None:
+        super().__init__(type_name, message, *((reason,) if reason else ()))
         self.type_name = type_name
         self.message = message
+        self.reason = reason
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+        text = f"{self.type_name}: {self.message}" if self.message else self.type_name
+        return f"{text} (not rebuilt here: {self.reason})" if self.reason else text
 
 
 class PoolUsedInWorkerError(RuntimeError):
@@ -56,6 +62,17 @@ class PoolUsedInWorkerError(RuntimeError):
     Pools cannot travel to worker processes; when a task's callable refers to one
     (``self.pool`` on the instance of a bound method, say), the worker receives a
     placeholder, and any use of it raises this error.
+    """
+
+
+class NestedPoolError(AssertionError):
+    """A pool was created inside a pool worker (or another daemonic process).
+
+    Worker processes are daemonic, and daemonic processes cannot start
+    children, so a pool cannot run inside a task.  Return the work to the
+    parent and submit it there, or use a thread pool inside the task.  A
+    subclass of :class:`AssertionError`, which the standard library raises in
+    this case, so that existing ``except AssertionError`` clauses still catch it.
     """
 
 
@@ -95,12 +112,30 @@ class PoolTerminatedError(RuntimeError):
     """The pool was terminated before this task's result arrived."""
 
 
+def refuse_nested_pool(what: str) -> None:
+    """Raise :class:`NestedPoolError` if this process cannot start ``what``'s workers."""
+    import multiprocessing  # here: most importers of methodpool never make a pool
+
+    process = multiprocessing.current_process()
+    if not process.daemon:
+        return
+    raise NestedPoolError(
+        f"{what} was created inside process {process.pid} ({process.name}), a daemonic "
+        "process such as a pool's worker, and daemonic processes are not allowed to have "
+        "children: a task cannot start a pool of its own. Return the work to the parent "
+        "and submit it from there (have the task return what it would have mapped, then "
+        "call pool.map on that in the parent), or use a thread pool inside the task "
+        "(multiprocessing.pool.ThreadPool or concurrent.futures.ThreadPoolExecutor)"
+    )
+
+
 # Shown (in tracebacks, reprs, pickles) under the name users import them by.
 for _error in (
     SerializationError,
     DeserializationError,
     RemoteTaskError,
     PoolUsedInWorkerError,
+    NestedPoolError,
     WorkerLostError,
     TaskTimeoutError,
     InitializerError,

@@ -64,6 +64,7 @@ from ._backend import (
     fail_pending,
     get_tasks,
     guarded_task_generation,
+    has_real_pipe,
     mapstar,
     starmapstar,
     track_jobs,
@@ -77,7 +78,7 @@ from ._calls import (
     label,
     map_chunksize,
 )
-from ._errors import PoolTerminatedError
+from ._errors import PoolTerminatedError, refuse_nested_pool
 from ._progress import Progress, ProgressSpec, progress_bar
 from ._results import (
     ListResult,
@@ -186,6 +187,7 @@ class MethodPool(multiprocessing.pool.Pool):
         # Pool.__del__ reads these even when __init__ raises before Pool's own.
         self._pool = []
         self._state = multiprocessing.pool.INIT
+        refuse_nested_pool(type(self).__name__)  # before anything is made
         refuse_pool_while_bootstrapping()
         check_task_timeout(task_timeout)
         self._counters = PoolCounters()
@@ -239,13 +241,16 @@ class MethodPool(multiprocessing.pool.Pool):
     # -- hooks into multiprocessing.pool.Pool (see _backend) -------------------
 
     def _setup_queues(self) -> None:
-        multiprocessing.pool.Pool._setup_queues(self)  # type: ignore[attr-defined]
+        # Through super(), not multiprocessing.pool.Pool, which code being
+        # migrated may have rebound to MethodPool itself.
+        super()._setup_queues()  # type: ignore[misc]
         pickler = (
             main_reference_guard(self._ctx.get_start_method())
             if self._shipper.fallback
             else ForkingPickler
         )
-        self._dispatcher.connect(self._outqueue, pickler)
+        if has_real_pipe(self._outqueue):  # not so for a stand-in context: it runs no task
+            self._dispatcher.connect(self._outqueue, pickler)
         self._inqueue._methodpool_dispatcher = self._dispatcher
         self._quick_put = self._dispatcher.put
         self._quick_get = self._dispatcher.get

@@ -6,9 +6,12 @@ a call asks for a bar.  ``tqdm.auto`` picks the terminal or the Jupyter widget.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
+
+logger = logging.getLogger("methodpool")
 
 #: What ``progress=`` accepts: ``True``, a tqdm-like object with ``update(n)``,
 #: or a dict of ``tqdm`` options.
@@ -29,16 +32,31 @@ class Progress:
     def advance(self, items: int) -> None:
         with self._lock:
             if not self._closed and items:
-                self._bar.update(items)
+                self._call("update", items)
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
                 if self._owned:
-                    self._bar.close()
-                else:
-                    self._bar.refresh()
+                    self._call("close")
+                elif callable(getattr(self._bar, "refresh", None)):
+                    self._call("refresh")
+
+    def _call(self, method: str, *args: Any) -> None:
+        # Runs in the pool's result-handler thread: an exception there would
+        # kill it, and every later call would hang.  Log it, as for callbacks,
+        # and leave the bar alone from then on.
+        try:
+            getattr(self._bar, method)(*args)
+        except Exception:
+            self._closed = True
+            logger.exception(
+                "progress bar %r raised in %s(); it is no longer updated for this call, "
+                "and the results are still delivered",
+                self._bar,
+                method,
+            )
 
 
 def progress_bar(spec: ProgressSpec, total: int | None, description: str) -> Progress | None:

@@ -9,7 +9,8 @@ Each is the stdlib's own class (``ApplyResult``, ``MapResult``,
   event loop: the pool's result-handler thread, which delivers every outcome
   (``_set``), wakes the waiting coroutines with ``loop.call_soon_threadsafe``;
 * a progress bar (``progress=``) advances by the items each outcome completes;
-* :meth:`TaskResult.cancel`;
+* :meth:`TaskResult.cancel`, also called when a coroutine awaiting the
+  result is cancelled;
 * chunked ``imap`` returns the iterator itself (flattening chunks), not a
   generator, so it keeps ``next(timeout)`` and async iteration.
 
@@ -86,6 +87,13 @@ class _Observed:
         if self._progress is not None:
             self._progress.advance(items)
 
+    def _end_progress(self) -> None:
+        # Before the outcome that completes the call is visible too: get(),
+        # map() or the end of an iteration return only once the bar is closed
+        # (else, in a loop, one call's bar would end after the next one's began).
+        if self._progress is not None:
+            self._progress.close()
+
     def _delivered(self, complete: bool) -> None:
         if self._progress is not None and complete:
             self._progress.close()
@@ -108,12 +116,30 @@ class _Awaitable(_Observed, Generic[T]):
         while not self.ready():
             future = self._waiter()
             if not self.ready():
-                yield from future.__await__()
+                yield from self._await_cancellable(future)
         return self.get(0)
+
+    def _await_cancellable(self, future: asyncio.Future[None]) -> Generator[Any, None, None]:
+        # The awaiting coroutine cancelled (asyncio.wait_for timing out, say):
+        # cancel the task too, as asyncio.wrap_future does for a future.
+        import asyncio
+
+        try:
+            yield from future.__await__()
+        except asyncio.CancelledError:
+            self._awaiter_cancelled()
+            raise
+
+    def _awaiter_cancelled(self) -> None:
+        """A coroutine awaiting this result was cancelled (a map's tasks go on)."""
 
 
 class TaskResult(_Awaitable[T], ApplyResult):  # type: ignore[misc]
-    """What :meth:`MethodPool.apply_async` returns: an awaitable, cancellable ``ApplyResult``."""
+    """What :meth:`MethodPool.apply_async` returns: an awaitable, cancellable ``ApplyResult``.
+
+    Cancelling a coroutine that awaits it (``asyncio.wait_for`` timing out, say)
+    cancels the task, as :func:`asyncio.wrap_future` does for a future.
+    """
 
     def __init__(
         self,
@@ -139,10 +165,14 @@ class TaskResult(_Awaitable[T], ApplyResult):  # type: ignore[misc]
         self._host.cancel(self._job, CancelledError(f"task of job {self._job} cancelled"))
         return True
 
+    def _awaiter_cancelled(self) -> None:
+        self.cancel()
+
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
         # After a cancel, the task's own outcome may still arrive: dropped.
         if not self.ready():
             self._advance(1)
+            self._end_progress()
             ApplyResult._set(self, i, obj)
             self._delivered(complete=True)
 
@@ -168,6 +198,8 @@ class ListResult(_Awaitable[list[T]], MapResult):  # type: ignore[misc]
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
         ok, value = obj
         self._advance(len(value) if ok else min(self._chunksize, self._items - i * self._chunksize))
+        if self._number_left == 1:  # this outcome completes the call
+            self._end_progress()
         MapResult._set(self, i, obj)
         self._delivered(complete=self.ready())
 
@@ -258,7 +290,10 @@ class ResultIterator(_Observed, Generic[T]):
             try:
                 item = self._base.next(self, timeout)
                 consumed = True
-            except (StopIteration, multiprocessing.TimeoutError):
+            except StopIteration:
+                self._end_progress()  # the result thread may not have closed it yet
+                raise
+            except multiprocessing.TimeoutError:
                 raise
             except Exception:
                 consumed = True  # a failed item is taken too: read one more
@@ -274,6 +309,9 @@ class ResultIterator(_Observed, Generic[T]):
         while not self._chunk:
             try:
                 chunk = self._base.next(self, timeout)
+            except StopIteration:
+                self._end_progress()
+                raise
             except multiprocessing.TimeoutError:
                 raise
             except Exception:

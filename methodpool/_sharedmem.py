@@ -19,6 +19,9 @@ older ones are unlinked.  ``close()`` unlinks every segment: the pool calls
 it on ``terminate()``, ``join()``, garbage collection and interpreter exit.
 If the parent is killed, the ``multiprocessing`` resource tracker, with which
 every segment is registered, unlinks what is left.
+
+Access.  ``SharedMemory`` creates each segment with mode ``0o600``: only
+processes of the same user (and root) can open it.
 """
 
 from __future__ import annotations

@@ -12,9 +12,11 @@ differences:
   :class:`~methodpool._shipping.Payload`; both are opened here;
 * a task that cannot be loaded, or that raises anything at all (``SystemExit``
   and ``KeyboardInterrupt`` included), fails that task; the worker goes on;
-* an exception that would not survive the trip to the parent is replaced by a
-  :class:`~methodpool.RemoteTaskError` that keeps its type name, message and
-  traceback text (the stdlib hangs on some of those, gh-79492);
+* an exception that would not survive the trip to the parent (the stdlib
+  hangs on some of those, gh-79492) is sent as its class, ``args`` and
+  attributes, rebuilt in the parent without ``__init__``, or, where that cannot
+  be done, replaced by a :class:`~methodpool.RemoteTaskError` that keeps its type
+  name, message and traceback text (:mod:`methodpool._remote_errors`);
 * an initializer that raises is reported to the parent, which stops the pool
   from running tasks, instead of the stdlib's endless restarts (gh-87472);
 * SIGINT is ignored: Ctrl-C is the parent's to handle, which terminates the
@@ -42,7 +44,8 @@ from ._backend import (
     mapstar,
     starmapstar,
 )
-from ._errors import IMPORTABLE_ADVICE, DeserializationError, RemoteTaskError
+from ._errors import IMPORTABLE_ADVICE, DeserializationError
+from ._remote_errors import stand_in
 from ._serializers import Serializer
 from ._shipping import Payload, arrive, encode, resolve
 from ._transport._wire import HEADER, INITIALIZER_FAILED, WORKER_READY, encode_result, split_task
@@ -68,11 +71,7 @@ def portable_exception(exc: BaseException, fallback: Sequence[Serializer]) -> An
     wrapped = ExceptionWithTraceback(exc, exc.__traceback__)
     if isinstance(exc, Exception) and _travels(exc, fallback):
         return wrapped
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<str() failed on the {type(exc).__name__}>"
-    wrapped.exc = RemoteTaskError(f"{type(exc).__module__}.{type(exc).__qualname__}", message)
+    wrapped.exc = stand_in(exc, fallback)  # rebuilt in the parent, or a RemoteTaskError
     return wrapped
 
 

@@ -67,3 +67,10 @@ def fail_odd(x: int) -> int:
 def die_with(payload: bytes) -> int:
     os.kill(os.getpid(), signal.SIGKILL)
     return len(payload)
+
+
+def map_in_a_pool_of_its_own(x: int) -> list[int]:
+    from methodpool import MethodPool
+
+    with MethodPool(2) as inner:
+        return inner.map(abs, [x])

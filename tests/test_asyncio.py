@@ -5,6 +5,7 @@ blocking the event loop.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -48,3 +49,34 @@ def test_await_raises_the_task_exception(pool: MethodPool) -> None:
 
     with pytest.raises(TypeError):
         asyncio.run(main())
+
+
+def test_cancelling_an_await_cancels_the_task(pool: MethodPool) -> None:
+    from concurrent.futures import CancelledError
+
+    submitted = time.monotonic()
+    sleeps = [pool.apply_async(time.sleep, (4,)) for _ in range(2)]  # one per worker
+
+    async def main() -> None:
+        for result in sleeps:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(result, 0.2)
+
+    asyncio.run(main())
+    for result in sleeps:
+        with pytest.raises(CancelledError):
+            result.get(timeout=5)
+    # Both workers are free again (replaced) long before the sleeps would end.
+    assert pool.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
+    assert time.monotonic() - submitted < 3
+
+
+def test_cancelling_an_await_of_a_map_leaves_its_tasks_running(pool: MethodPool) -> None:
+    mapped = pool.map_async(sleep_then_square, [0.5, 0.5])
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(mapped, 0.1)
+
+    asyncio.run(main())
+    assert mapped.get(timeout=30) == [0.25, 0.25]

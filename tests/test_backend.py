@@ -77,6 +77,12 @@ def test_results_register_in_the_pool_cache() -> None:
     assert issubclass(multiprocessing.pool._PoolCache, dict)  # type: ignore[attr-defined]
 
 
+def test_map_result_counts_the_chunks_left() -> None:
+    # ListResult closes its bar before the last chunk's _set makes it ready.
+    source = inspect.getsource(multiprocessing.pool.MapResult._set)
+    assert "self._number_left -= 1" in source and "if self._number_left == 0:" in source
+
+
 def test_terminate_unblocks_the_task_handler_through_the_class() -> None:
     source = inspect.getsource(multiprocessing.pool.Pool._terminate_pool)
     assert "cls._help_stuff_finish(inqueue, task_handler, len(pool))" in source

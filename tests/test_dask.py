@@ -153,6 +153,16 @@ def test_task_exception_keeps_its_type_and_the_remote_traceback(dask_pool: DaskP
     still_works(dask_pool)
 
 
+def test_exception_that_does_not_rebuild_from_its_args_is_rebuilt(dask_pool: DaskPool) -> None:
+    from test_task_errors import HTTPError, raise_http_error
+
+    with pytest.raises(HTTPError) as info:
+        dask_pool.apply(raise_http_error, (404,))
+    assert (info.value.status, info.value.args) == (404, ("404 https://example.org/404",))
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    still_works(dask_pool)
+
+
 def test_get_with_timeout_raises_multiprocessing_timeout_error(dask_pool: DaskPool) -> None:
     result = dask_pool.apply_async(time.sleep, (0.5,))
     with pytest.raises(multiprocessing.TimeoutError):

@@ -91,6 +91,34 @@ def test_page_examples(page: str, start_method: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# Pages whose examples are one session (each builds on the one before).
+SESSIONS = {"tutorial.md"}
+BLOCK = re.compile(
+    r"^(<!--\s*docs-test:\s*skip\b[^\n]*-->\s*\n)?```(python|pycon)\n(.*?)^```", re.M | re.S
+)
+
+
+@pytest.mark.parametrize("page", sorted(set(PAGES) - SESSIONS))
+def test_each_example_imports_the_methodpool_names_it_uses(page: str) -> None:
+    # Copied on its own into a file, an example must run: the shared namespace
+    # the runner above gives the blocks of a page would hide a missing import.
+    text = (DOCS / page).read_text(encoding="utf-8")
+    missing = []
+    for match in BLOCK.finditer(text):
+        skip, language, code = match.groups()
+        if language == "pycon":  # the code, not its output
+            code = "\n".join(line[4:] for line in code.splitlines() if line[:4] in (">>> ", "... "))
+        code = re.sub(r"#[^\n]*|\"[^\"\n]*\"|'[^'\n]*'", "", code)  # comments and strings
+        imported = set()
+        for names in re.findall(r"from methodpool import \(?([^)\n]*)", code):
+            imported |= {name.split(" as ")[-1].strip() for name in names.split(",")}
+        used = {name for name in methodpool.__all__ if re.search(rf"(?<![.\w]){name}\b", code)}
+        if used - imported and not skip:
+            line = text.count("\n", 0, match.start()) + 1
+            missing.append(f"{page}:{line}: {sorted(used - imported)}")
+    assert not missing, "examples that use names they do not import:\n" + "\n".join(missing)
+
+
 def test_api_reference_documents_every_public_name() -> None:
     api = (DOCS / "api.md").read_text(encoding="utf-8")
     documented = set(

@@ -27,6 +27,7 @@ from faults import (
     die_with,
     failing_initializer,
     ignore_sigterm_and_sleep,
+    map_in_a_pool_of_its_own,
     pid_of_worker,
     sleep_then_square,
     square,
@@ -36,7 +37,9 @@ from faults import (
 from methodpool import (
     InitializerError,
     MethodPool,
+    NestedPoolError,
     PoolTerminatedError,
+    RemoteTraceback,
     WorkerLostError,
 )
 
@@ -122,6 +125,19 @@ def test_initializer_raises(ctx: Any) -> None:
         time.sleep(0.5)
         assert not any(p.is_alive() for p in pool._pool)  # and no endless restarts
     assert time.monotonic() - started < 10
+
+
+def test_a_pool_created_inside_a_task_says_what_to_do_instead(pool: MethodPool) -> None:
+    with pytest.raises(NestedPoolError) as info:
+        pool.apply(map_in_a_pool_of_its_own, (-1,))
+    error = info.value
+    assert isinstance(error, AssertionError)  # what the stdlib raises: still caught
+    message = str(error)
+    assert "daemonic processes are not allowed to have children" in message
+    assert "Return the work to the parent" in message and "ThreadPool" in message
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert "in map_in_a_pool_of_its_own" in str(error.__cause__)
+    still_works(pool)
 
 
 def raise_in_callback(_: Any) -> None:

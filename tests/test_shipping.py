@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -91,6 +92,23 @@ def test_idle_segments_are_bounded(pool: MethodPool) -> None:
     for size in range(8):
         pool.map(Heavy(SHARED_MIN_BYTES + size).apply, range(4))
     assert len(pool._segments.names()) <= 4
+
+
+def test_segments_can_be_read_by_their_owner_only(pool: MethodPool) -> None:
+    before = set(pool._segments.names())
+    umask = os.umask(0)  # the mode must be the pool's own, not the umask's doing
+    try:
+        assert pool.map(Heavy(SHARED_MIN_BYTES * 2).apply, range(8)) == [
+            2 * x + 1 for x in range(8)
+        ]
+    finally:
+        os.umask(umask)
+    created = set(pool._segments.names()) - before
+    assert created
+    for name in created:
+        info = os.stat(f"/dev/shm/{name}")
+        assert stat.S_IMODE(info.st_mode) == 0o600, oct(info.st_mode)
+        assert info.st_uid == os.getuid()
 
 
 @pytest.mark.parametrize("end", ["terminate", "close_join", "context_manager", "garbage"])

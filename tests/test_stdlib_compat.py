@@ -841,3 +841,88 @@ def test_context_argument_is_honoured(
     assert mark == (token if start_method == "fork" else None)
     # Forkserver workers are children of the fork server, not of this process.
     assert (ppid == os.getpid()) == (start_method != "forkserver")
+
+
+def test_pool_class_rebound_to_methodpool(ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Legacy code is often patched this way; MethodPool must not look its base
+    # class up through the module attribute.
+    monkeypatch.setattr(multiprocessing.pool, "Pool", MethodPool)
+    with ctx.Pool(2) as p:
+        assert type(p) is MethodPool
+        assert p.map(h.sqr, range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_release_unused_processes() -> None:
+    # CPython's TestPoolNotLeakOnFailure (issue #19675): if a process cannot be
+    # started while the pool is created, the error propagates and the ones
+    # already started are stopped.  The context is not a real one.
+    import unittest.mock
+
+    will_fail_in = 3
+    forked_processes = []
+
+    class FailingForkProcess:
+        def __init__(self, **kwargs: Any) -> None:
+            self.name = "Fake Process"
+            self.exitcode = None
+            self.state: str | None = None
+            forked_processes.append(self)
+
+        def start(self) -> None:
+            nonlocal will_fail_in
+            if will_fail_in <= 0:
+                raise OSError("Manually induced OSError")
+            will_fail_in -= 1
+            self.state = "started"
+
+        def terminate(self) -> None:
+            self.state = "stopping"
+
+        def join(self) -> None:
+            if self.state == "stopping":
+                self.state = "stopped"
+
+        def is_alive(self) -> bool:
+            return self.state == "started" or self.state == "stopping"
+
+    with pytest.raises(OSError, match="Manually induced OSError"):
+        p = MethodPool(5, context=unittest.mock.MagicMock(Process=FailingForkProcess))
+        p.close()
+        p.join()
+    assert not any(process.is_alive() for process in forked_processes)
+
+
+class CountingProcess(multiprocessing.context.ForkProcess):  # type: ignore[name-defined]
+    started = 0
+
+    def start(self) -> None:
+        CountingProcess.started += 1
+        super().start()
+
+
+class CustomContext(multiprocessing.context.BaseContext):
+    """A context of a start method of its own, as a framework may define."""
+
+    _name = "custom-fork"
+    Process = CountingProcess
+
+
+def test_context_of_another_start_method_starts_workers_with_its_process() -> None:
+    from faults import die_on
+
+    from methodpool import WorkerLostError
+
+    CountingProcess.started = 0
+    p = MethodPool(2, context=CustomContext())
+    try:
+        assert all(isinstance(w, CountingProcess) for w in p._pool)
+        assert CountingProcess.started == 2
+        assert p.map(h.sqr, range(10), chunksize=1) == [x * x for x in range(10)]
+        # The workers are wired as usual: a dead one fails its task only.
+        with pytest.raises(WorkerLostError):
+            p.apply(die_on, (3,))
+        assert p.map(h.sqr, range(4)) == [0, 1, 4, 9]
+        assert CountingProcess.started == 3  # the replacement, by the same class
+    finally:
+        p.terminate()
+        p.join()
