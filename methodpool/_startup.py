@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import multiprocessing
 import os
+import signal
 import sys
 
 from ._errors import WorkerStartError
@@ -35,6 +36,10 @@ from ._errors import WorkerStartError
 # one: a worker killed while it starts (by the OOM killer, say) is not a
 # broken script; a second one in a row almost always is.
 START_FAILURES_MAX = 2
+# Exit codes of workers killed from outside while they started (the OOM
+# killer, a user, terminate()): neither counts as a start failure nor resets
+# the count.  A crash (SIGSEGV, SIGABRT, ...) while importing does count.
+KILLED_FROM_OUTSIDE = frozenset({-signal.SIGKILL, -signal.SIGTERM})
 # Exit code of a worker that found the main module creating a pool.
 EXIT_POOL_AT_IMPORT = 87
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from methodpool import InitializerError, TaskTimeoutError, WorkerLostError
+from methodpool import InitializerError, TaskTimeoutError, WorkerLostError, WorkerStartError
+from methodpool._startup import START_FAILURES_MAX
 from methodpool._stats import PoolCounters, StatsCollector
 from methodpool._transport._dispatcher import (
     BATCH_FRAMES,
@@ -361,6 +362,45 @@ def test_a_cancelled_task_not_yet_sent_is_never_sent() -> None:
     dispatcher.cancel(7, CancelledError())
     put(dispatcher, 7, 0)
     assert not worker.tasks and not worker.process.killed
+
+
+# -- workers that cannot start ------------------------------------------------------
+
+
+def test_workers_exiting_before_they_are_ready_break_the_pool_after_two_in_a_row() -> None:
+    dispatcher, (killed, first) = make(workers=2)
+    job(dispatcher, 1)
+    put(dispatcher, 1, 0)  # to `killed`, which never gets to run it
+    killed.die(exitcode=-9)  # killed from outside while it started: not counted
+    first.die(exitcode=1)
+    second = MemoryChannel()
+    dispatcher.add_worker(second.process, second)
+    second.die(exitcode=1)
+    ok, error = get(dispatcher).outcome  # the task waiting to be resent fails
+    assert not ok and isinstance(error, WorkerStartError)
+    assert error.args[0].startswith(f"{START_FAILURES_MAX} worker processes in a row exited")
+    assert "exited with code 1" in error.args[0] and dispatcher.broken is error
+    with pytest.raises(WorkerStartError):
+        put(dispatcher, 1, 1)
+
+
+def test_a_worker_that_becomes_ready_resets_the_count() -> None:
+    dispatcher, (failed, ready) = make(workers=2)
+    failed.die(exitcode=1)
+    ready.ready()
+    get_briefly(dispatcher)
+    later = MemoryChannel()
+    dispatcher.add_worker(later.process, later)
+    later.die(exitcode=1)
+    get_briefly(dispatcher)
+    assert dispatcher.broken is None
+
+
+def get_briefly(dispatcher: Dispatcher) -> None:
+    """Let the result thread handle what has arrived (it returns no outcome)."""
+    thread = threading.Thread(target=dispatcher.get, daemon=True)
+    thread.start()
+    thread.join(0.5)
 
 
 # -- a broken initializer ------------------------------------------------------------

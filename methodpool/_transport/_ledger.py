@@ -12,7 +12,8 @@ which running task is overdue (:meth:`Ledger.overdue`); what a cancelled job
 skips (:meth:`Ledger.cancel`); when the pool is broken and what then fails
 (:meth:`Ledger.break_pool`): the initializer raised, or workers keep
 exiting before they are ready (:data:`~methodpool._startup.START_FAILURES_MAX`
-in a row, with no worker becoming ready in between).
+in a row, with no worker becoming ready in between; one killed by SIGKILL or
+SIGTERM while it starts does not count).
 How tasks reach workers, and which worker gets one, is the dispatcher's.
 
 Threads.  The task-handler thread adds entries, the result-handler thread
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from .._backend import reaped_exitcode
 from .._errors import InitializerError, TaskTimeoutError, WorkerLostError, WorkerStartError
-from .._startup import START_FAILURES_MAX
+from .._startup import KILLED_FROM_OUTSIDE, START_FAILURES_MAX
 from ._wire import Result
 
 if TYPE_CHECKING:  # workers never import this module, but keep it light anyway
@@ -115,10 +116,12 @@ class Ledger(Generic[W]):
         # Tasks of dead workers, to send again before anything new.
         self.requeue: collections.deque[InFlight] = collections.deque()
         self.dying: list[Dying] = []
-        # Workers that exited before they were ready, and when to stop waiting
-        # for their exit code; how many in a row (none became ready since).
-        self.failed_starts: list[tuple[WorkerState, float]] = []
+        # Workers that exited before they were ready: (worker, when to stop
+        # waiting for its exit code, how many workers had become ready by
+        # then); how many in a row, since a worker last became ready.
+        self.failed_starts: list[tuple[WorkerState, float, int]] = []
         self._start_failures = 0
+        self._readied = 0
         self._explain_start_failure = explain_start_failure
         self.cancelled: set[int] = set()
         self.broken: InitializerError | WorkerStartError | None = None
@@ -179,6 +182,7 @@ class Ledger(Generic[W]):
         """``worker`` has started up: it runs tasks, and timeouts count from now."""
         worker.ready = True
         worker.last_result = now
+        self._readied += 1
         self._start_failures = 0
 
     # -- deaths ----------------------------------------------------------------
@@ -198,7 +202,7 @@ class Ledger(Generic[W]):
         the rest are to be resent.  Whether any are."""
         cancelled_before = set(self.cancelled)
         if not worker.ready and self.broken is None:
-            self.failed_starts.append((worker, time.monotonic() + REAP_WAIT))
+            self.failed_starts.append((worker, time.monotonic() + REAP_WAIT, self._readied))
         if taken > 0:  # the oldest was running
             running = held.pop(0)
             self.cancelled.discard(running.job)
@@ -220,11 +224,15 @@ class Ledger(Generic[W]):
         started, and break the pool when too many in a row did not."""
         now = time.monotonic()
         for failed in list(self.failed_starts):
-            worker, give_up_at = failed
+            worker, give_up_at, readied = failed
             exitcode = reaped_exitcode(worker.process)
             if exitcode is None and now < give_up_at:
                 continue
             self.failed_starts.remove(failed)
+            if exitcode in KILLED_FROM_OUTSIDE:
+                continue  # killed while it started (OOM, a user): not the script's fault
+            if readied != self._readied:
+                continue  # a worker became ready since it exited: the run is broken
             self._start_failures += 1
             if self._start_failures >= START_FAILURES_MAX and self.broken is None:
                 message = self._explain_start_failure(exitcode, describe_exit(exitcode))
