@@ -20,6 +20,14 @@
   (:func:`abort_dispatch`).
 * ``Pool._terminate_pool`` (a classmethod) is wrapped so that workers which
   ignore SIGTERM are killed after a grace period.
+* ``multiprocessing.spawn.prepare()``, which a spawn or forkserver child runs
+  before anything else, imports the parent's main module unless the child's
+  own ``__main__`` already has its file (or spec name).  A worker whose name
+  is a :class:`_SkipMainName` sets those while its preparation data is
+  unpickled, just before: that is how workers of a pool whose serializer
+  carries ``__main__`` definitions by value skip the main module
+  (``import_main=False``).  The preparation data holds the process name since
+  Python 3.4; ``tests/test_backend.py`` pins it.
 * ``Process._popen.returncode``: a worker's exit code, read without reaping it
   (:func:`reaped_exitcode`).
 * ``Pool._cache`` (a ``_PoolCache``) is where every result object registers on
@@ -47,7 +55,9 @@ from __future__ import annotations
 
 import multiprocessing.context
 import multiprocessing.pool
+import multiprocessing.process
 import os
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -76,8 +86,49 @@ get_tasks = _stdlib_pool.Pool._get_tasks
 _after_start: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
 
 
+class _SkipMainName(str):
+    """A worker's name that, unpickled in a spawn or forkserver child, makes it
+    skip importing the parent's main module (see :func:`_skip_main`)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The main module's path as multiprocessing.spawn.get_preparation_data
+        # sends it (made absolute from the directory the program started in).
+        main = sys.modules.get("__main__")
+        spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+        path = getattr(main, "__file__", None)
+        if isinstance(path, str):
+            original_dir = multiprocessing.process.ORIGINAL_DIR  # type: ignore[attr-defined]
+            if not os.path.isabs(path) and original_dir is not None:
+                path = os.path.join(original_dir, path)
+            path = os.path.normpath(path)
+        return (_skip_main, (str(self), path, spec_name))
+
+
+def _skip_main(name: str, main_path: str | None, spec_name: str | None) -> str:
+    # Runs in a new child as it reads its preparation data (the name is in
+    # it), before multiprocessing.spawn.prepare() imports the parent's main
+    # module: make this process's own __main__ look like that module, and
+    # prepare() leaves it (_fixup_main_from_path and _fixup_main_from_name
+    # skip a main module that already has that file or spec name).
+    main = sys.modules["__main__"]
+    if main_path is not None:
+        main.__file__ = main_path
+    if spec_name is not None:
+        import importlib.machinery
+
+        main.__spec__ = importlib.machinery.ModuleSpec(spec_name, None)
+    return name
+
+
 class _WorkerProcess:
+    skip_main = False
+
     def start(self) -> None:
+        if self.skip_main:
+            # Pool renames its workers after making them: wrap the final name.
+            self._name = _SkipMainName(self._name)  # type: ignore[has-type]
         super().start()  # type: ignore[misc]
         after = _after_start.pop(self, None)
         if after is not None:
@@ -103,14 +154,23 @@ _STDLIB_PROCESS_CLASSES = {
 
 
 def new_worker_process(
-    ctx: Any, target: Callable[..., Any], args: tuple[Any, ...], after_start: Callable[[], None]
+    ctx: Any,
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    after_start: Callable[[], None],
+    skip_main: bool = False,
 ) -> Any:
-    """An unstarted process of ``ctx``'s start method; ``after_start()`` runs once it starts."""
+    """An unstarted process of ``ctx``'s start method; ``after_start()`` runs once it starts.
+
+    ``skip_main``: a spawn or forkserver child does not import the parent's
+    main module (what the task needs of it travels by value).
+    """
     method = ctx.get_start_method()
     cls = _WORKER_CLASSES.get(method) if isinstance(method, str) else None
     if cls is None or getattr(ctx, "Process", None) is not _STDLIB_PROCESS_CLASSES[method]:
         return context_process(ctx, target, args, after_start)
     process = cls(target=target, args=args)
+    process.skip_main = skip_main and method != "fork"
     _after_start[process] = after_start
     return process
 

@@ -11,15 +11,17 @@ and reading an ``imap`` input ahead of its consumer no further than
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
+import pickle
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._serializers import AUTO, SupportsDumpsLoads, fallback_chain, serializer_chain
-from ._shipping import ShippedCallable, describe, ship_callable
+from ._shipping import ShippedCallable, describe, encode, ship_callable
 
 if TYPE_CHECKING:
     from ._stats import PoolCounters
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("methodpool")
 
 _BUILTIN_SPECS = frozenset({AUTO, "pickle", "cloudpickle", "dill"})
+# The serializers that carry whatever a task needs of __main__ by value.
+_BY_VALUE_SPECS = frozenset({AUTO, "cloudpickle", "dill"})
 
 
 # -- arguments -------------------------------------------------------------------
@@ -140,6 +144,23 @@ class Shipper:
     def name(self) -> str:
         """The name of the serializer (or chain)."""
         return self.spec if isinstance(self.spec, str) else self.chain[0].name
+
+    @property
+    def carries_main_by_value(self) -> bool:
+        """Whether tasks never need workers to import the main module."""
+        return isinstance(self.spec, str) and self.spec in _BY_VALUE_SPECS
+
+    def portable_arguments(self, args: Any, pickler: type[pickle.Pickler], what: str) -> Any:
+        """``args`` as they are where ``pickler`` can carry them, else as a
+        :class:`~methodpool._shipping.Payload` of the fallback serializers
+        (:class:`~methodpool.SerializationError` if none can)."""
+        try:
+            pickler(io.BytesIO(), pickle.HIGHEST_PROTOCOL).dump(args)
+        except Exception:
+            if not self.fallback:
+                raise
+            return encode(args, self.fallback, what, "initargs")
+        return args
 
     def ship(self, func: Any) -> Any:
         """``func`` as tasks carry it: itself (an importable function) or a

@@ -78,7 +78,7 @@ from ._calls import (
     label,
     map_chunksize,
 )
-from ._errors import PoolTerminatedError, refuse_nested_pool
+from ._errors import PoolTerminatedError, WorkerStartError, refuse_nested_pool
 from ._progress import Progress, ProgressSpec, progress_bar
 from ._results import (
     ListResult,
@@ -135,6 +135,16 @@ class MethodPool(multiprocessing.pool.Pool):
         dill where it does not), ``"pickle"``, ``"cloudpickle"``, ``"dill"``,
         a name given to :func:`~methodpool.register_serializer`, or an object
         with ``dumps`` and ``loads``.
+    ``import_main``
+        whether spawn and forkserver workers import the main module first,
+        as the stdlib's do.  Default: not with ``"auto"``, ``"cloudpickle"``
+        and ``"dill"``, which carry what tasks need of it by value (so a
+        script without a main guard, one read from standard input, or one
+        slow to import still gets working workers, quickly; its module-level
+        set-up, logging configuration say, does not run in them: use
+        ``initializer=``); yes with ``"pickle"`` and registered serializers.
+        Workers that cannot import it fail with
+        :class:`~methodpool.WorkerStartError`.
     ``task_timeout``
         seconds a task (a chunk, for chunked calls) may run; an overdue task's
         worker is killed and replaced, and the task fails with
@@ -183,6 +193,7 @@ class MethodPool(multiprocessing.pool.Pool):
         *,
         serializer: str | SupportsDumpsLoads = AUTO,
         task_timeout: float | None = None,
+        import_main: bool | None = None,
     ) -> None:
         # Pool.__del__ reads these even when __init__ raises before Pool's own.
         self._pool = []
@@ -192,8 +203,15 @@ class MethodPool(multiprocessing.pool.Pool):
         check_task_timeout(task_timeout)
         self._counters = PoolCounters()
         self._shipper = Shipper(serializer, self._counters)
+        if import_main is None:
+            import_main = not self._shipper.carries_main_by_value
         self._dispatcher = Dispatcher(
-            run_worker, self._shipper.fallback, maxtasksperchild, task_timeout, self._counters
+            run_worker,
+            self._shipper.fallback,
+            maxtasksperchild,
+            task_timeout,
+            self._counters,
+            skip_main=not import_main,
         )
         # Instance attribute in place of the static Pool.Process (see _backend).
         self.Process = WorkerFactory(self._dispatcher.start_worker)  # type: ignore[method-assign]
@@ -209,9 +227,26 @@ class MethodPool(multiprocessing.pool.Pool):
         weakref.finalize(self, self._segments.close)
         # The context Pool.__init__ would take, taken here to check it first.
         context = context or multiprocessing.get_context()
-        check_main_importable(str(context.get_start_method()))
+        start_method = str(context.get_start_method())
+        if import_main:
+            check_main_importable(start_method)
+        elif start_method != "fork":
+            # Workers will not have the main module: its objects in the
+            # initializer's arguments must travel by value too.
+            initargs = self._shipper.portable_arguments(
+                tuple(initargs), main_reference_guard(start_method), "the initializer's arguments"
+            )
         self._dispatcher.creation_site = creation_site()
-        super().__init__(processes, initializer, initargs, maxtasksperchild, context)
+        try:
+            super().__init__(processes, initializer, initargs, maxtasksperchild, context)
+        except (ConnectionError, EOFError) as exc:
+            if start_method != "forkserver":
+                raise
+            # The fork server died: it imports the main module when it
+            # starts (Python 3.13.8+, 3.14.1+), and that failed.
+            raise WorkerStartError(
+                self._dispatcher.explain_start_failure(None, f"could not be started ({exc})")
+            ) from exc
         self._dispatcher.attach(self._taskqueue)
         taskqueue = self._taskqueue
 

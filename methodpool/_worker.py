@@ -128,7 +128,7 @@ def run_worker(
     tasks: multiprocessing.connection.Connection,
     results: multiprocessing.connection.Connection,
     initializer: Callable[..., Any] | None,
-    initargs: tuple[Any, ...],
+    initargs: tuple[Any, ...] | Payload,
     maxtasks: int | None,
     fallback: Sequence[Serializer],
 ) -> None:
@@ -150,7 +150,10 @@ def run_worker(
     _exit_when_parent_dies()
     if initializer is not None:
         try:
-            resolve(initializer)(*initargs)
+            arguments: Any = initargs
+            if type(initargs) is Payload:
+                arguments = initargs.load("the initializer's arguments")
+            resolve(initializer)(*arguments)
         except BaseException as exc:
             error = portable_exception(exc, fallback)
             results.send_bytes(encode_result(INITIALIZER_FAILED, 0, False, error, fallback))

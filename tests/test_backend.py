@@ -95,3 +95,23 @@ def test_terminate_with_many_tasks_queued(start_method: str) -> None:
     time.sleep(0.3)
     pool.terminate()
     pool.join()
+
+
+def test_spawn_preparation_data_carries_the_name_and_prepare_skips_a_main_already_there() -> None:
+    # How workers skip the main module (import_main=False, see _backend).
+    import multiprocessing.spawn as spawn
+
+    assert "name=name" in inspect.getsource(spawn.get_preparation_data)
+    prepare = inspect.getsource(spawn.prepare)
+    assert "process.current_process().name = data['name']" in prepare
+    import multiprocessing.popen_forkserver
+    import multiprocessing.popen_spawn_posix
+
+    for popen in (multiprocessing.popen_spawn_posix, multiprocessing.popen_forkserver):
+        assert "get_preparation_data(process_obj._name)" in inspect.getsource(popen)
+    assert "getattr(current_main, '__file__', None) == main_path" in inspect.getsource(
+        spawn._fixup_main_from_path  # type: ignore[attr-defined]
+    )
+    assert 'getattr(current_main.__spec__, "name", None) == mod_name' in inspect.getsource(
+        spawn._fixup_main_from_name  # type: ignore[attr-defined]
+    )

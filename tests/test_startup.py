@@ -60,7 +60,7 @@ def test_a_pool_created_at_import_time_says_so(tmp_path: Path, start_method: str
         import multiprocessing, sys
         from methodpool import MethodPool
         from report import report
-        pool = MethodPool(2, context=multiprocessing.get_context(sys.argv[1]))
+        pool = MethodPool(2, context=multiprocessing.get_context(sys.argv[1]), import_main=True)
         report(pool, lambda: pool.map(abs, [-1, -2]))
         """,
         start_method,
@@ -81,7 +81,7 @@ def test_a_script_read_from_standard_input_fails_at_once(tmp_path: Path, start_m
         from methodpool import MethodPool, WorkerStartError
         if __name__ == "__main__":
             try:
-                MethodPool(2, context=multiprocessing.get_context(sys.argv[1]))
+                MethodPool(2, context=multiprocessing.get_context(sys.argv[1]), import_main=True)
             except WorkerStartError as exc:
                 print("ERROR", exc)
             print("CHILDREN", len(multiprocessing.active_children()))
@@ -106,7 +106,8 @@ def test_a_main_module_only_the_parent_can_import(tmp_path: Path, start_method: 
             sys.modules["generated"] = types.ModuleType("generated")
         import generated
         if __name__ == "__main__":
-            pool = MethodPool(2, context=multiprocessing.get_context(sys.argv[1]))
+            ctx = multiprocessing.get_context(sys.argv[1])
+            pool = MethodPool(2, context=ctx, import_main=True)
             report(pool, lambda: pool.apply(abs, (-1,)))
         """,
         start_method,
@@ -131,7 +132,8 @@ def test_replacements_that_cannot_start_fail_the_calls(tmp_path: Path, start_met
         if os.path.exists("gone"):
             raise RuntimeError("the configuration is gone")
         if __name__ == "__main__":
-            pool = MethodPool(2, context=multiprocessing.get_context(sys.argv[1]))
+            ctx = multiprocessing.get_context(sys.argv[1])
+            pool = MethodPool(2, context=ctx, import_main=True)
             pool.map(abs, range(10))
             open("gone", "w").close()
             os.kill(pool._pool[0].pid, signal.SIGKILL)
@@ -150,6 +152,96 @@ def test_replacements_that_cannot_start_fail_the_calls(tmp_path: Path, start_met
     assert "ERROR" in result.stdout, result.stdout + result.stderr
     assert "CHILDREN 0" in result.stdout
     assert result.stderr.count("RuntimeError: the configuration is gone") == START_FAILURES_MAX
+
+
+# -- by default ("auto"), workers do not import the main module ------------------
+
+# From these versions on, the fork server imports the main module itself when
+# it starts (GH-135295), whatever a pool asks of its workers.
+FORKSERVER_IMPORTS_MAIN = sys.version_info >= (3, 14, 1) or (3, 13, 8) <= sys.version_info < (
+    3,
+    14,
+)
+
+
+@pytest.mark.parametrize("start_method", IMPORTING)
+def test_an_unguarded_script_works_when_workers_skip_the_main_module(
+    tmp_path: Path, start_method: str
+) -> None:
+    result = run_script(
+        tmp_path,
+        """
+        import multiprocessing, sys
+        from methodpool import MethodPool
+        from report import report
+        pool = MethodPool(2, context=multiprocessing.get_context(sys.argv[1]))
+        report(pool, lambda: print(pool.map(lambda x: -x, [1, 2])))
+        """,
+        start_method,
+    )
+    if start_method == "forkserver" and FORKSERVER_IMPORTS_MAIN:
+        assert "ERROR" in result.stdout, result.stdout + result.stderr
+        assert "creates a pool when it is imported" in result.stdout
+    else:
+        assert "[-1, -2]\nRAN" in result.stdout, result.stdout + result.stderr
+    assert "CHILDREN 0" in result.stdout
+
+
+@pytest.mark.parametrize("start_method", IMPORTING)
+def test_a_script_read_from_standard_input_works_by_value(
+    tmp_path: Path, start_method: str
+) -> None:
+    result = run_script(
+        tmp_path,
+        """
+        import multiprocessing, sys
+        from methodpool import MethodPool
+        def negate(x):
+            return -x
+        if __name__ == "__main__":
+            with MethodPool(2, context=multiprocessing.get_context(sys.argv[1])) as pool:
+                print(pool.map(negate, [1, 2]))
+        """,
+        start_method,
+        stdin=True,
+    )
+    assert result.stdout == "[-1, -2]\n", result.stderr
+
+
+@pytest.mark.parametrize("start_method", IMPORTING)
+@pytest.mark.parametrize("import_main", [False, True])
+def test_workers_import_the_main_module_only_when_asked(
+    tmp_path: Path, start_method: str, import_main: bool
+) -> None:
+    # The main module notes each process that imports it; its initializer's
+    # arguments hold an instance of a class it defines.
+    result = run_script(
+        tmp_path,
+        f"""
+        import multiprocessing, os, sys
+        from methodpool import MethodPool
+        with open("imported", "a") as log:
+            print(os.getpid(), file=log)
+        class Setting:
+            def __init__(self, value):
+                self.value = value
+        def init(setting):
+            os.environ["SETTING"] = str(setting.value)
+        def value(_):
+            return int(os.environ["SETTING"])
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context(sys.argv[1])
+            with MethodPool(2, init, (Setting(7),), context=ctx, import_main={import_main}) as pool:
+                print(pool.map(value, range(4), chunksize=1))
+        """,
+        start_method,
+    )
+    assert result.stdout == "[7, 7, 7, 7]\n", result.stderr
+    importers = (tmp_path / "imported").read_text().split()
+    if import_main:
+        assert len(importers) > 1  # the workers (or the fork server) too
+    elif not (start_method == "forkserver" and FORKSERVER_IMPORTS_MAIN):
+        assert len(importers) == 1  # the parent only
 
 
 def test_a_guarded_script_runs(tmp_path: Path) -> None:

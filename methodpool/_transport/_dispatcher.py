@@ -151,8 +151,10 @@ class Dispatcher:
         maxtasks: int | None,
         task_timeout: float | None,
         counters: PoolCounters,
+        skip_main: bool = False,
     ) -> None:
         self._run_worker = run_worker
+        self._skip_main = skip_main
         self._maxtasks = maxtasks
         self._fallback = tuple(fallback)
         self._counters = counters
@@ -160,7 +162,7 @@ class Dispatcher:
         self._start_method = "fork"  # known once a worker starts
         # Where the pool was created, if by the main module's own code.
         self.creation_site: tuple[str, int] | None = None
-        self.ledger: Ledger[_Worker] = Ledger(task_timeout, self._explain_start_failure)
+        self.ledger: Ledger[_Worker] = Ledger(task_timeout, self.explain_start_failure)
         ledger = self.ledger
         self._cond = ledger.cond
         self._ready = ledger.ready
@@ -214,10 +216,12 @@ class Dispatcher:
             self._run_worker,
             (*child, initializer, initargs, maxtasks, self._fallback),
             started,
+            self._skip_main,
         )
         return process
 
-    def _explain_start_failure(self, exitcode: int | None, how: str) -> str:
+    def explain_start_failure(self, exitcode: int | None, how: str) -> str:
+        """What :class:`~methodpool.WorkerStartError` says of workers that did not start."""
         return explain_start_failure(self._start_method, exitcode, how, self.creation_site)
 
     def add_worker(self, process: Any, channel: Channel) -> None:
