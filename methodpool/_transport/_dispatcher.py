@@ -298,24 +298,9 @@ class Dispatcher:
                 self._ready.append(Result(job, index, (False, broken)))
                 self._wake()
 
-    def _pick(self) -> _Worker | None:
-        # The least busy worker with room; the caller holds the condition.
-        maxtasks = self._maxtasks
-        worker = None
-        least = MAX_DEPTH
-        for candidate in self.ledger.workers.values():
-            queued = len(candidate.inflight)
-            if (
-                queued < candidate.depth
-                and queued < least
-                and candidate.kill_reason is None
-                and (maxtasks is None or candidate.sent < maxtasks)
-            ):
-                worker, least = candidate, queued
-        return worker
-
     def _send(self, job: int, index: int, frame: bytes) -> None:
         ledger = self.ledger
+        maxtasks = self._maxtasks
         with self._cond:
             while True:
                 # Set before looking for room: get() frees room without the
@@ -326,13 +311,25 @@ class Dispatcher:
                     if ledger.broken is not None:
                         raise ledger.broken
                     return
-                worker = self._pick()
+                # The least busy worker with room (inline: this runs per task).
+                worker = None
+                least = MAX_DEPTH
+                for candidate in ledger.workers.values():
+                    queued = len(candidate.inflight)
+                    if (
+                        queued < candidate.depth
+                        and queued < least
+                        and candidate.kill_reason is None
+                        and (maxtasks is None or candidate.sent < maxtasks)
+                    ):
+                        worker, least = candidate, queued
                 if worker is not None:
                     break
                 self._cond.wait()
             self._sender_waiting = False
             runs_now = not worker.inflight
-            ledger.sent(worker, InFlight(job, index, frame, time.monotonic()))
+            # tuple.__new__: InFlight's own __new__ is Python code (per task).
+            ledger.sent(worker, tuple.__new__(InFlight, (job, index, frame, time.monotonic())))
             counters = self._counters
             counters.frames_written += 1
             counters.bytes_written += len(frame)

@@ -84,17 +84,12 @@ def message_size(size: int) -> int:
     return size + (_SIZE.size + _BIG_SIZE.size if size > 0x7FFFFFFF else _SIZE.size)
 
 
-def _parse_prefix(buf: bytearray, start: int, end: int) -> tuple[int, int] | None:
-    # (prefix length, message size) of the message at buf[start:], or None
-    # while the prefix itself is incomplete.
-    if end - start < _SIZE.size:
-        return None
-    (size,) = _SIZE.unpack_from(buf, start)
-    if size != -1:
-        return _SIZE.size, size
+def _big_size(buf: bytearray, start: int, end: int) -> int | None:
+    # The size after a -1 prefix (a message of 2 GiB or more), or None while
+    # it is incomplete.
     if end - start < _SIZE.size + _BIG_SIZE.size:
         return None
-    return _SIZE.size + _BIG_SIZE.size, _BIG_SIZE.unpack_from(buf, start + _SIZE.size)[0]
+    return int(_BIG_SIZE.unpack_from(buf, start + _SIZE.size)[0])
 
 
 def _frame(head: bytes, body: Any, pickler: type[pickle.Pickler]) -> bytes:
@@ -183,7 +178,9 @@ def decode_result(data: bytes) -> Result:
         )
         error.__cause__ = exc
         ok, value = False, error
-    return Result(job, index, (ok, value))
+    # tuple.__new__, not Result(...): a NamedTuple's own __new__ is Python
+    # code, and this runs once per task.
+    return tuple.__new__(Result, (job, index, (ok, value)))
 
 
 class FrameReader:
@@ -209,8 +206,14 @@ class FrameReader:
         buf += chunk
         frames = []
         start, end = 0, len(buf)
-        while (prefix := _parse_prefix(buf, start, end)) is not None:
-            head, size = prefix
+        while end - start >= _SIZE.size:
+            (size,) = _SIZE.unpack_from(buf, start)
+            head = _SIZE.size
+            if size == -1:
+                big = _big_size(buf, start, end)
+                if big is None:
+                    break
+                size, head = big, _SIZE.size + _BIG_SIZE.size
             if end - start - head < size:
                 if size > _READ_SIZE:
                     frames.append(self._read_rest(size, start + head))
