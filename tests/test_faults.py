@@ -263,10 +263,14 @@ def test_soak_a_million_items_each_result_once(shared_pools: Any, start_method: 
 
 CTRL_C = textwrap.dedent(
     """
-    import multiprocessing, sys, time
+    import multiprocessing, signal, sys, time
     from methodpool import MethodPool
     sys.path.insert(0, sys.argv[2])
     from faults import sleep_then_square
+
+    # As at a terminal, whatever started the tests: a shell starting them in the
+    # background (`cmd &`) has them, and so this child, ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if __name__ == "__main__":
         with MethodPool(2, context=multiprocessing.get_context(sys.argv[1])) as pool:
