@@ -211,8 +211,7 @@ def _import_dill() -> Any:
     return _dill
 
 
-def dill_dumps(obj: Any) -> bytes:
-    """dill (``recurse=True``: only the globals a function uses) with pool placeholders."""
+def _dill_dump(obj: Any, recurse: bool) -> bytes:
     global _dill_pickler
     if _dill_pickler is None:
         dill = _import_dill()
@@ -223,8 +222,28 @@ def dill_dumps(obj: Any) -> bytes:
 
         _dill_pickler = _PoolAwareDillPickler
     buf = io.BytesIO()
-    _dill_pickler(buf, pickle.HIGHEST_PROTOCOL, recurse=True).dump(obj)
+    _dill_pickler(buf, pickle.HIGHEST_PROTOCOL, recurse=recurse).dump(obj)
     return buf.getvalue()
+
+
+def dill_dumps(obj: Any) -> bytes:
+    """dill with pool placeholders.
+
+    ``recurse=True`` first: a function by value takes along only the globals it
+    uses.  That recurses without end on a closure that calls itself (a nested
+    recursive function), which plain ``recurse=False`` carries: then that.  If
+    both fail, the first error is the one raised, unless it was the recursion.
+    """
+    try:
+        return _dill_dump(obj, recurse=True)
+    except Exception as exc:
+        first = exc
+    try:
+        return _dill_dump(obj, recurse=False)
+    except Exception:
+        if isinstance(first, RecursionError):
+            raise
+        raise first from None
 
 
 def dill_loads(data: bytes) -> Any:

@@ -149,6 +149,14 @@ def _advice(tried: list[Serializer], culprit: Any) -> str:
             "carry lambdas, closures and interactively defined code by value"
         )
     kind = type(culprit).__qualname__
+    if code:
+        # A function or class itself, not something it holds: no __getstate__ to write.
+        what = "class" if isinstance(culprit, type) else "function"
+        fix = (
+            f"define the {what} at module level, where workers import it by name "
+            "instead of receiving it by value"
+        )
+        return f"try serializer='dill', or {fix}" if tried[-1] is CLOUDPICKLE else fix
     if tried[-1] is CLOUDPICKLE:
         return (
             f"try serializer='dill' (it can carry locks and more), or give the class "

@@ -234,3 +234,34 @@ def test_importing_and_using_methodpool_changes_no_global_state() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clean"
+
+
+# -- dill --------------------------------------------------------------------------------
+
+
+def make_fib() -> Any:
+    def fib(n: int) -> int:  # a closure that calls itself
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    return fib
+
+
+def test_dill_carries_a_recursive_closure(shared_pools: SharedPools, start_method: str) -> None:
+    # dill's recurse=True (only the globals a function uses) never ends on it.
+    pool = shared_pools.get(start_method, "dill")
+    assert pool.map(make_fib(), range(10)) == [0, 1, 1, 2, 3, 5, 8, 13, 21, 34]
+
+
+def test_a_function_that_cannot_travel_is_not_told_to_write_getstate(
+    shared_pools: SharedPools,
+) -> None:
+    from methodpool._serializers import DILL
+    from methodpool._shipping import _advice
+
+    f = make_closure()
+    f.lock = threading.Lock()  # type: ignore[attr-defined]  # carried with the function
+    with pytest.raises(SerializationError, match=r"with 'cloudpickle': TypeError: .*lock") as info:
+        shared_pools.get("fork", "cloudpickle").map(f, [1])
+    assert "define the function at module level" in str(info.value)
+    assert "__getstate__" not in str(info.value)
+    assert "__getstate__" not in _advice([DILL], f)
