@@ -11,9 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import lock_if_dill_works
 
-PROGRAM = textwrap.dedent(
-    """
+PROGRAM = lock_if_dill_works(
+    textwrap.dedent(
+        """
     import multiprocessing, threading
     from methodpool import MethodPool
 
@@ -46,6 +48,7 @@ PROGRAM = textwrap.dedent(
 
     print("ok")
     """
+    )
 )
 
 
