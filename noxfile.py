@@ -31,9 +31,14 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The test suite, all start methods, on one interpreter."""
+    """The test suite, all start methods, on one interpreter.
+
+    In two pytest processes (pytest-xdist) unless told what to run: the suite
+    mostly waits on its pools' workers, and six interpreters one process each
+    would take CI about half an hour on two cores.
+    """
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *(session.posargs or ["-n", "2"]))
 
 
 @nox.session(python="3.11")
