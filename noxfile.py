@@ -1,9 +1,11 @@
-"""Sessions: tests (each installed Python 3.10-3.13), lint, typecheck, docs, bench.
+"""Sessions: tests (each installed Python 3.10-3.15), lint, typecheck, docs, bench.
 
 ``nox -s tests`` runs the test suite on every supported interpreter it finds,
 under the fork, spawn and forkserver start methods (the suite parametrizes
 over them).  On a machine with pyenv, its interpreters are found without
-activating them.
+activating them.  Python 3.14 and 3.15 can come from Debian unstable, run in a
+chroot: ``.ci/sid-root`` (as root, on a Debian host) installs them as
+``/usr/bin/python3.14`` and ``/usr/bin/python3.15``, on PATH like any other.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 
 import nox
 
-PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14", "3.15"]
 
 # pyenv keeps each interpreter in its own folder; put them on PATH so nox
 # finds python3.10 ... python3.13 without `pyenv global` changing the machine.
@@ -29,9 +31,14 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The test suite, all start methods, on one interpreter."""
+    """The test suite, all start methods, on one interpreter.
+
+    In two pytest processes (pytest-xdist) unless told what to run: the suite
+    mostly waits on its pools' workers, and six interpreters one process each
+    would take CI about half an hour on two cores.
+    """
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *(session.posargs or ["-n", "2"]))
 
 
 @nox.session(python="3.11")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def doctor() -> None:
     """Print what methodpool will use on this machine."""
-    from ._serializers import available_serializers
+    from ._serializers import available_serializers, dill_problem
 
     print(f"methodpool     {importlib.metadata.version('methodpool')}")
     print(f"Python         {platform.python_version()} ({sys.executable})")
@@ -27,7 +27,8 @@ def doctor() -> None:
             version = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             version = "not installed"
-        print(f"  {package:<12} {version}")
+        problem = dill_problem() if package == "dill" and version != "not installed" else None
+        print(f"  {package:<12} {version}" + (f" (not usable: {problem})" if problem else ""))
 
 
 def bench(options: list[str]) -> None:

@@ -27,6 +27,12 @@ Built in:
     started by spawn or forkserver, or forked before the definition ran, cannot
     import them by reference.
 
+dill releases follow new Pythons with a delay, and one that predates the
+interpreter may not serialize functions at all (dill 0.4.1 on Python 3.15).
+Whether the installed dill works is found by trying, once per process and only
+when needed (:func:`dill_problem`): where it does not, ``serializer="dill"``
+raises :class:`ImportError` and ``auto`` goes without it.
+
 Every serializer replaces references to pool objects by a placeholder
 (:class:`PoolPlaceholder`), so ``self.pool.map(self.work, ...)`` works although
 pools cannot be pickled.
@@ -38,6 +44,7 @@ import importlib.util
 import io
 import multiprocessing.pool
 import pickle
+import platform
 import sys
 import types
 from collections.abc import Callable
@@ -211,8 +218,7 @@ def _import_dill() -> Any:
     return _dill
 
 
-def dill_dumps(obj: Any) -> bytes:
-    """dill (``recurse=True``: only the globals a function uses) with pool placeholders."""
+def _dill_dump(obj: Any, recurse: bool) -> bytes:
     global _dill_pickler
     if _dill_pickler is None:
         dill = _import_dill()
@@ -223,8 +229,28 @@ def dill_dumps(obj: Any) -> bytes:
 
         _dill_pickler = _PoolAwareDillPickler
     buf = io.BytesIO()
-    _dill_pickler(buf, pickle.HIGHEST_PROTOCOL, recurse=True).dump(obj)
+    _dill_pickler(buf, pickle.HIGHEST_PROTOCOL, recurse=recurse).dump(obj)
     return buf.getvalue()
+
+
+def dill_dumps(obj: Any) -> bytes:
+    """dill with pool placeholders.
+
+    ``recurse=True`` first: a function by value takes along only the globals it
+    uses.  That recurses without end on a closure that calls itself (a nested
+    recursive function), which plain ``recurse=False`` carries: then that.  If
+    both fail, the first error is the one raised, unless it was the recursion.
+    """
+    try:
+        return _dill_dump(obj, recurse=True)
+    except Exception as exc:
+        first = exc
+    try:
+        return _dill_dump(obj, recurse=False)
+    except Exception:
+        if isinstance(first, RecursionError):
+            raise
+        raise first from None
 
 
 def dill_loads(data: bytes) -> Any:
@@ -232,9 +258,63 @@ def dill_loads(data: bytes) -> Any:
     return _import_dill().loads(data)
 
 
+_UNPROBED: Any = object()
+_dill_status: str | None = _UNPROBED
+
+
+def _probe_function() -> Callable[[int], int]:
+    factor = 3
+
+    def nested(x: int) -> int:
+        return factor * x
+
+    return nested
+
+
+def dill_problem() -> str | None:
+    """Why the installed dill cannot serialize functions on this interpreter, or
+    ``None`` if it can (or is not installed: see :func:`available_serializers`).
+
+    Found by trying, once per process: dill dumps and loads a small closure, as
+    methodpool would.  Imports dill.
+    """
+    global _dill_status
+    if _dill_status is _UNPROBED:
+        if not _available("dill"):
+            return None  # not remembered: installing it later works
+        problem = None
+        try:
+            if dill_loads(dill_dumps(_probe_function()))(2) != 6:
+                problem = "a closure it loaded back computed a wrong result"
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            problem = (
+                f"dill {getattr(_import_dill(), '__version__', '(unknown version)')} "
+                f"cannot serialize functions on Python {platform.python_version()} ({problem})"
+            )
+        _dill_status = problem
+    return _dill_status
+
+
+def _auto_dill_dumps(obj: Any) -> bytes:
+    # The dill link of "auto" chains made before dill_problem() was known (which
+    # would have left dill out): it probes on first use, which costs nothing
+    # more than the import of dill that using it needs anyway.  Where dill does
+    # not work, it gives cloudpickle's answer (an error, cloudpickle having just
+    # failed): the call fails, and its error is diagnosed, as without dill.
+    if _dill_status is _UNPROBED:
+        dill_problem()
+    if _dill_status is not None:
+        return cloudpickle_dumps(obj)
+    return dill_dumps(obj)
+
+
 PICKLE = Serializer("pickle", pickle_dumps, pickle.loads)
 CLOUDPICKLE = Serializer("cloudpickle", cloudpickle_dumps, pickle.loads)
 DILL = Serializer("dill", dill_dumps, dill_loads)
+# The last link of "auto" (see _auto_dill_dumps); its output is dill's.
+_AUTO_DILL = Serializer("dill", _auto_dill_dumps, dill_loads)
 # First link of the "auto" chain; its output is plain pickle.
 _PICKLE_MAIN_BY_VALUE = Serializer("pickle", pickle_dumps_main_by_value, pickle.loads)
 
@@ -354,16 +434,38 @@ def register_serializer(
     _REGISTRY[name] = Serializer(name, _portable("dumps", dumps), _portable("loads", loads))
 
 
+def _auto_links() -> tuple[Serializer, ...]:
+    # cloudpickle, then dill; dill only if installed and not known not to work.
+    # Not probed here unless dill is imported already: importing it would cost
+    # every program's first pool more than the pool itself.
+    links: list[Serializer] = [CLOUDPICKLE] if _available("cloudpickle") else []
+    if _available("dill"):
+        if _dill_status is _UNPROBED and "dill" in sys.modules:
+            dill_problem()
+        if _dill_status is None or _dill_status is _UNPROBED:
+            links.append(_AUTO_DILL)
+    return tuple(links)
+
+
 def available_serializers() -> list[str]:
-    """Names accepted by ``serializer=``, ``"auto"`` first, installed ones only."""
-    return [AUTO, *(name for name in _REGISTRY if _available(name))]
+    """Names accepted by ``serializer=``, ``"auto"`` first: the ones installed
+    and working on this interpreter (finding out whether dill does imports it)."""
+    return [
+        AUTO,
+        *(
+            name
+            for name, serializer in _REGISTRY.items()
+            if _available(name) and (serializer is not DILL or dill_problem() is None)
+        ),
+    ]
 
 
 def serializer_chain(spec: str | SupportsDumpsLoads) -> tuple[Serializer, ...]:
     """The serializers to try, in order, for the callable of a pool built with ``spec``.
 
     Raises :class:`ValueError` for an unknown name and :class:`ImportError` when a
-    named serializer's package is not installed.
+    named serializer's package is not installed, or does not work on this
+    interpreter (:func:`dill_problem`).
     """
     if not isinstance(spec, str):
         if not (callable(getattr(spec, "dumps", None)) and callable(getattr(spec, "loads", None))):
@@ -373,7 +475,7 @@ def serializer_chain(spec: str | SupportsDumpsLoads) -> tuple[Serializer, ...]:
         name = getattr(spec, "__name__", type(spec).__name__)
         return (Serializer(name, _portable("dumps", spec.dumps), _portable("loads", spec.loads)),)
     if spec == AUTO:
-        return (_PICKLE_MAIN_BY_VALUE, *(s for s in (CLOUDPICKLE, DILL) if _available(s.name)))
+        return (_PICKLE_MAIN_BY_VALUE, *_auto_links())
     try:
         serializer = _REGISTRY[spec]
     except KeyError:
@@ -386,6 +488,13 @@ def serializer_chain(spec: str | SupportsDumpsLoads) -> tuple[Serializer, ...]:
             f"serializer {spec!r} needs the {_NEEDS_PACKAGE[spec]!r} package, which is not "
             f"installed: pip install {_NEEDS_PACKAGE[spec]}"
         )
+    if serializer is DILL:
+        problem = dill_problem()
+        if problem is not None:
+            raise ImportError(
+                f"serializer 'dill' does not work here: {problem}. Use serializer='auto' "
+                "or 'cloudpickle', or a dill release that supports this Python"
+            )
     return (serializer,)
 
 
@@ -395,6 +504,6 @@ def fallback_chain(spec: str | SupportsDumpsLoads) -> tuple[Serializer, ...]:
     Empty for ``"pickle"`` (strict stdlib behaviour).
     """
     if spec == AUTO:
-        return tuple(s for s in (CLOUDPICKLE, DILL) if _available(s.name))
+        return _auto_links()
     chain = serializer_chain(spec)
     return () if chain == (PICKLE,) else chain

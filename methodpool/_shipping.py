@@ -145,7 +145,9 @@ def resolve(func: Any) -> Any:
 
 
 def _advice(tried: list[Serializer], culprit: Any) -> str:
-    by_value = any(s is CLOUDPICKLE or s is DILL for s in tried)
+    from ._serializers import _AUTO_DILL, dill_problem  # only after a failure
+
+    by_value = any(s is CLOUDPICKLE or s is DILL or s is _AUTO_DILL for s in tried)
     code = isinstance(culprit, (types.FunctionType, types.CodeType, type))
     if tried == [PICKLE] or (code and not by_value):
         return (
@@ -153,16 +155,32 @@ def _advice(tried: list[Serializer], culprit: Any) -> str:
             "carry lambdas, closures and interactively defined code by value"
         )
     kind = type(culprit).__qualname__
-    if tried[-1] is CLOUDPICKLE:
-        return (
-            f"try serializer='dill' (it can carry locks and more), or give the class "
-            f"that holds the {kind} a __getstate__ that leaves it out"
+    # After cloudpickle, dill is the one left to suggest, unless it does not work
+    # here: then it is not in "auto" either, or "auto"'s dill link stood in for
+    # cloudpickle.  Where dill failed itself, there is nothing left to suggest.
+    last = tried[-1]
+    problem = dill_problem() if last is CLOUDPICKLE or last is _AUTO_DILL else None
+    if code:
+        # A function or class itself, not something it holds: no __getstate__ to write.
+        what = "class" if isinstance(culprit, type) else "function"
+        fix = (
+            f"define the {what} at module level, where workers import it by name "
+            "instead of receiving it by value"
         )
-    return (
+        if last is CLOUDPICKLE and problem is None:
+            return f"try serializer='dill', or {fix}"
+        return fix + (f" (serializer='dill' cannot help: {problem})" if problem else "")
+    state = (
         f"give the class that holds the {kind} a __getstate__ that leaves it out "
         "(and a __setstate__ that recreates it), or create it inside the task or in "
         "the pool's initializer"
     )
+    if last is CLOUDPICKLE and problem is None:
+        return (
+            f"try serializer='dill' (it can carry locks and more), or give the class "
+            f"that holds the {kind} a __getstate__ that leaves it out"
+        )
+    return state + (f" (serializer='dill' cannot help: {problem})" if problem else "")
 
 
 def encode(obj: Any, chain: Iterable[Serializer], what: str, root: str) -> Payload:

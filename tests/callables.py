@@ -109,5 +109,5 @@ PICKLABLE = {
     "staticmethod",
     "partial_of_function",
 }
-# Only dill (alone or as the last link of "auto") can carry a lock.
+# Only dill (alone or as the last link of "auto", where dill works) can carry a lock.
 NEEDS_DILL = {"bound_method_holding_lock"}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import DILL_PROBLEM, DILL_WORKS
 
 
 @pytest.mark.timeout(120)
@@ -29,4 +30,7 @@ def test_doctor_lists_serializers() -> None:
         [sys.executable, "-m", "methodpool", "doctor"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "serializers    ['auto', 'pickle', 'cloudpickle', 'dill']" in result.stdout
+    expected = ["auto", "pickle", "cloudpickle", *(["dill"] if DILL_WORKS else [])]
+    assert f"serializers    {expected}" in result.stdout
+    if not DILL_WORKS:
+        assert f"(not usable: {DILL_PROBLEM})" in result.stdout

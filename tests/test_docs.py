@@ -12,7 +12,9 @@ one namespace:
   whose first line is ``# NAME.py`` is written to that file instead, in a
   directory on ``sys.path``, for the next blocks to import;
 * a block right after ``<!-- docs-test: skip -->`` is not run (code that needs
-  another library, say).
+  another library, say), nor one right after ``<!-- docs-test: needs-dill -->``
+  where the installed dill does not work on the interpreter (dill releases
+  follow new Pythons with a delay; methodpool then goes without it).
 
 The API reference must name every public name.
 """
@@ -25,6 +27,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import DILL_WORKS
 
 import methodpool
 
@@ -34,21 +37,22 @@ PAGES = ["index.md", "tutorial.md", "migration.md", "serializers.md"]
 RUNNER = r"""
 import contextlib, doctest, io, multiprocessing, re, sys, tempfile
 
-path, start_method = sys.argv[1:]
+path, start_method, dill_works = sys.argv[1:]
 multiprocessing.set_start_method(start_method)
 modules = tempfile.mkdtemp()
 sys.path.insert(0, modules)
 namespace = vars(sys.modules["__main__"])
 text = open(path, encoding="utf-8").read()
 blocks = re.compile(
-    r"^(<!--\s*docs-test:\s*skip\b[^\n]*-->\s*\n)?```(python|pycon)\n(.*?)^```", re.M | re.S
+    r"^(?:<!--\s*docs-test:\s*(skip|needs-dill)\b[^\n]*-->\s*\n)?```(python|pycon)\n(.*?)^```",
+    re.M | re.S,
 )
 parser = doctest.DocTestParser()
 runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
 ran = misprinted = 0
 for match in blocks.finditer(text):
-    skip, language, code = match.groups()
-    if skip:
+    mark, language, code = match.groups()
+    if mark == "skip" or (mark == "needs-dill" and dill_works != "yes"):
         continue
     ran += 1
     line = text.count("\n", 0, match.start(2)) + 1
@@ -82,8 +86,9 @@ sys.exit(1 if failed or misprinted or not ran else 0)
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_examples(page: str, start_method: str) -> None:
+    dill_works = "yes" if DILL_WORKS else "no"
     result = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(DOCS / page), start_method],
+        [sys.executable, "-c", RUNNER, str(DOCS / page), start_method, dill_works],
         capture_output=True,
         text=True,
         timeout=50,

@@ -234,14 +234,28 @@ def test_soak_a_million_items_each_result_once(shared_pools: Any, start_method: 
 
 CTRL_C = textwrap.dedent(
     """
-    import multiprocessing, sys, time
+    import multiprocessing, os, signal, sys, time
     from methodpool import MethodPool
     sys.path.insert(0, sys.argv[2])
     from faults import sleep_then_square
 
+    # As at a terminal, whatever started the tests: a shell starting them in the
+    # background (`cmd &`) has them, and so this child, ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def pid_after(seconds):
+        time.sleep(seconds)
+        return os.getpid()
+
     if __name__ == "__main__":
         with MethodPool(2, context=multiprocessing.get_context(sys.argv[1])) as pool:
-            print(*(p.pid for p in pool._pool), flush=True)
+            # Every worker past its start-up (where a Ctrl-C is still Python's to
+            # report, as in the stdlib) before the tasks: each has run one.
+            pids, seen = {p.pid for p in pool._pool}, set()
+            deadline = time.monotonic() + 20
+            while not pids <= seen and time.monotonic() < deadline:
+                seen.update(pool.map(pid_after, [0.1, 0.1], chunksize=1))
+            print(*pids, flush=True)
             try:
                 pool.map(sleep_then_square, [30] * 4, chunksize=1)
             except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
 import pickle
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from callables import Affine, WithLock, make_closure
-from conftest import SharedPools
+from conftest import AUTO_BY_VALUE, DILL_PROBLEM, DILL_WORKS, SharedPools, needs_dill
 
 import methodpool
 import methodpool._serializers
@@ -66,12 +67,17 @@ def test_unserializable_callable_raises_at_the_call_with_the_attribute_path(
     assert "Affine.apply of <test_serializers.HoldsSocket" in message
     assert "'cloudpickle'" in message
     assert "self.conn._sock (socket object)" in message
-    assert "serializer='dill'" in message
+    if DILL_WORKS:
+        assert "try serializer='dill'" in message
+    else:
+        assert f"serializer='dill' cannot help: {DILL_PROBLEM}" in message
     assert isinstance(info.value, pickle.PicklingError)
 
 
 def test_auto_names_every_serializer_it_tried(pool: MethodPool, socket_method: Any) -> None:
-    with pytest.raises(SerializationError, match=r"'cloudpickle' or 'dill': self\.conn\._sock"):
+    with pytest.raises(
+        SerializationError, match=rf"'pickle' or {AUTO_BY_VALUE}: self\.conn\._sock"
+    ):
         pool.map(socket_method, [1])
 
 
@@ -88,6 +94,7 @@ def test_closure_variable_is_named(shared_pools: SharedPools) -> None:
         pool.map(lambda x: lock and x, [1])
 
 
+@needs_dill
 def test_auto_falls_back_to_dill_for_locks(pool: MethodPool) -> None:
     assert pool.map(WithLock().apply, [1, 2]) == [3, 5]
 
@@ -97,7 +104,7 @@ def test_auto_falls_back_to_dill_for_locks(pool: MethodPool) -> None:
     [
         (Affine().apply, "pickle"),
         (make_closure(), "cloudpickle"),
-        (WithLock().apply, "dill"),
+        pytest.param(WithLock().apply, "dill", marks=needs_dill),
     ],
 )
 def test_auto_uses_the_first_serializer_that_works(obj: Any, expected: str) -> None:
@@ -190,7 +197,8 @@ def test_register_serializer_rejects_bad_input(tagged: str) -> None:
 
 
 def test_available_serializers_lists_auto_first() -> None:
-    assert methodpool.available_serializers()[:4] == ["auto", "pickle", "cloudpickle", "dill"]
+    expected = ["auto", "pickle", "cloudpickle", *(["dill"] if DILL_WORKS else [])]
+    assert methodpool.available_serializers()[: len(expected)] == expected
 
 
 NO_SIDE_EFFECTS = textwrap.dedent(
@@ -205,11 +213,15 @@ NO_SIDE_EFFECTS = textwrap.dedent(
     import methodpool
     assert "dill" not in sys.modules and "cloudpickle" not in sys.modules, "eager import"
     assert multiprocessing.get_start_method(allow_none=True) is None, "default context set"
-    for serializer in ("auto", "pickle", "cloudpickle", "dill"):
+    with methodpool.MethodPool(1) as pool:  # a pool that needs neither does not import them
+        assert pool.map(abs, [-1]) == [1]
+    assert "dill" not in sys.modules and "cloudpickle" not in sys.modules, "eager import"
+    # The ones that work here ("dill" is left out where the installed dill does not).
+    for serializer in methodpool.available_serializers():
         with methodpool.MethodPool(1, serializer=serializer) as pool:
             assert pool.map(abs, [-1]) == [1]
             pool.apply(lambda: 1) if serializer != "pickle" else None
-    assert "dill" in sys.modules  # it was used...
+    assert "dill" in sys.modules  # it was used, or at least tried...
     after = (dict(copyreg.dispatch_table), dict(ForkingPickler._extra_reducers),
              dict(pickle._Pickler.dispatch))
     # ...without side effects:
@@ -234,3 +246,101 @@ def test_importing_and_using_methodpool_changes_no_global_state() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clean"
+
+
+# -- dill where it does not work -------------------------------------------------------
+
+
+def make_fib() -> Any:
+    def fib(n: int) -> int:  # a closure that calls itself
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    return fib
+
+
+@needs_dill
+def test_dill_carries_a_recursive_closure(shared_pools: SharedPools, start_method: str) -> None:
+    # dill's recurse=True (only the globals a function uses) never ends on it.
+    pool = shared_pools.get(start_method, "dill")
+    assert pool.map(make_fib(), range(10)) == [0, 1, 1, 2, 3, 5, 8, 13, 21, 34]
+
+
+def test_a_function_that_cannot_travel_is_not_told_to_write_getstate(
+    shared_pools: SharedPools,
+) -> None:
+    from methodpool._serializers import DILL
+    from methodpool._shipping import _advice
+
+    f = make_closure()
+    f.lock = threading.Lock()  # type: ignore[attr-defined]  # carried with the function
+    with pytest.raises(SerializationError, match=r"with 'cloudpickle': TypeError: .*lock") as info:
+        shared_pools.get("fork", "cloudpickle").map(f, [1])
+    assert "define the function at module level" in str(info.value)
+    assert "__getstate__" not in str(info.value)
+    assert "__getstate__" not in _advice([DILL], f)
+
+
+@pytest.fixture
+def broken_dill(monkeypatch: pytest.MonkeyPatch) -> str:
+    """dill as it is on Python 3.15 with dill 0.4.1: it serializes no function."""
+
+    def dump(obj: Any, recurse: bool) -> bytes:
+        raise AttributeError("'code' object has no attribute 'co_lnotab'")
+
+    monkeypatch.setattr(methodpool._serializers, "_dill_dump", dump)
+    monkeypatch.setattr(methodpool._serializers, "_dill_status", methodpool._serializers._UNPROBED)
+    problem = methodpool._serializers.dill_problem()
+    assert problem is not None
+    return problem
+
+
+def test_dill_that_does_not_work_is_left_out_or_refused(broken_dill: str) -> None:
+    import dill
+
+    from methodpool._serializers import fallback_chain, serializer_chain
+
+    version = f"Python {sys.version_info.major}.{sys.version_info.minor}."
+    assert f"dill {dill.__version__} cannot serialize functions on {version}" in broken_dill
+    assert "co_lnotab" in broken_dill
+    assert "dill" not in methodpool.available_serializers()
+    assert [s.name for s in serializer_chain("auto")] == ["pickle", "cloudpickle"]
+    assert [s.name for s in fallback_chain("auto")] == ["cloudpickle"]
+    with pytest.raises(ImportError, match="serializer 'dill' does not work here") as info:
+        MethodPool(1, serializer="dill")
+    assert broken_dill in str(info.value)
+    # "auto" carries what cloudpickle can, and says why it could not carry the rest.
+    with MethodPool(2, context=multiprocessing.get_context("fork")) as pool:
+        assert pool.map(make_closure(), [1, 2]) == [3, 5]
+        assert pool.map(lambda x: -x, [1]) == [-1]
+        with pytest.raises(SerializationError) as error:
+            pool.map(WithLock().apply, [1])
+    message = str(error.value)
+    assert "with 'pickle' or 'cloudpickle': self.lock (lock object)" in message
+    assert f"serializer='dill' cannot help: {broken_dill}" in message
+
+
+def test_auto_made_before_dill_was_tried_gives_cloudpickles_answer(
+    broken_dill: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pool made before anyone tried dill (which is not imported for it) keeps a
+    # dill link; when it turns out dill does not work, the link answers as
+    # cloudpickle does.
+    from methodpool._serializers import _UNPROBED, serializer_chain
+
+    monkeypatch.setattr(methodpool._serializers, "_dill_status", _UNPROBED)
+    monkeypatch.delitem(sys.modules, "dill")
+    with MethodPool(2, context=multiprocessing.get_context("fork")) as pool:
+        assert pool._chain[-1].name == "dill"
+        with pytest.raises(SerializationError) as error:
+            pool.map(WithLock().apply, [1])
+        assert pool.map(make_closure(), [1]) == [3]
+    assert "self.lock (lock object): TypeError" in str(error.value)
+    assert f"serializer='dill' cannot help: {broken_dill}" in str(error.value)
+    assert methodpool._serializers._dill_status == broken_dill  # remembered
+    assert "dill" not in [s.name for s in serializer_chain("auto")]
+
+
+@pytest.mark.skipif(DILL_WORKS, reason="the installed dill works on this interpreter")
+def test_dill_that_does_not_work_here_is_refused() -> None:
+    with pytest.raises(ImportError, match=f"on Python {sys.version.split()[0]}"):
+        MethodPool(1, serializer="dill")

@@ -478,6 +478,12 @@ REPR_OF_RESULT = {
 }
 
 
+def without_addresses(text: str) -> str:
+    # Python 3.14's pickle errors show the object's repr, address included; the
+    # worker's copy of an object is not at the parent's address.
+    return re.sub(r" at 0x[0-9a-f]+", " at 0x...", text)
+
+
 def test_unpicklable_result(shared: MethodPool, serializer: str) -> None:
     for func in UNSENDABLE[serializer]:
         # Make sure we don't lose pool processes because of encoding errors.
@@ -493,7 +499,7 @@ def test_unpicklable_result(shared: MethodPool, serializer: str) -> None:
             # The very error the stdlib's pickler gives for such a result.
             with pytest.raises(Exception) as local:
                 ForkingPickler.dumps(func())
-            assert wrapped.exc == repr(local.value)
+            assert without_addresses(wrapped.exc) == without_addresses(repr(local.value))
             # As the stdlib: .value is repr(result), .exc is repr(the pickling error).
             assert re.fullmatch(REPR_OF_RESULT[func.__name__], wrapped.value), wrapped.value
             assert str(wrapped) == (

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from callables import module_function
+from conftest import AUTO_BY_VALUE
 
 import methodpool
 from methodpool import (
@@ -265,7 +266,7 @@ def test_unpicklable_argument_under_strict_pickle_fails_like_the_stdlib(
 
 def test_argument_no_serializer_can_carry_fails_its_task(pool: MethodPool) -> None:
     generator = (i for i in range(3))
-    with pytest.raises(SerializationError, match=r"'cloudpickle' or 'dill'.*generator"):
+    with pytest.raises(SerializationError, match=rf"{AUTO_BY_VALUE}.*generator"):
         pool.apply(module_function, (generator,))
     still_works(pool)
 
