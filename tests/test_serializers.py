@@ -330,7 +330,7 @@ def test_auto_made_before_dill_was_tried_gives_cloudpickles_answer(
     monkeypatch.setattr(methodpool._serializers, "_dill_status", _UNPROBED)
     monkeypatch.delitem(sys.modules, "dill")
     with MethodPool(2, context=multiprocessing.get_context("fork")) as pool:
-        assert pool._chain[-1].name == "dill"
+        assert pool._shipper.chain[-1].name == "dill"
         with pytest.raises(SerializationError) as error:
             pool.map(WithLock().apply, [1])
         assert pool.map(make_closure(), [1]) == [3]
