@@ -91,7 +91,12 @@ from ._results import (
 from ._serializers import AUTO, SupportsDumpsLoads, main_reference_guard
 from ._sharedmem import Lease, SegmentRegistry
 from ._shipping import ShippedCallable
-from ._startup import check_main_importable, creation_site, refuse_pool_while_bootstrapping
+from ._startup import (
+    FORKSERVER_IMPORTS_MAIN,
+    check_main_importable,
+    creation_site,
+    refuse_pool_while_bootstrapping,
+)
 from ._stats import CallStats, PoolCounters, StatsCollector
 from ._transport._dispatcher import Dispatcher
 from ._worker import run_worker
@@ -228,7 +233,7 @@ class MethodPool(multiprocessing.pool.Pool):
         # The context Pool.__init__ would take, taken here to check it first.
         context = context or multiprocessing.get_context()
         start_method = str(context.get_start_method())
-        if import_main:
+        if import_main or (start_method == "forkserver" and FORKSERVER_IMPORTS_MAIN):
             check_main_importable(start_method)
         elif start_method != "fork":
             # Workers will not have the main module: its objects in the
@@ -244,9 +249,11 @@ class MethodPool(multiprocessing.pool.Pool):
                 raise
             # The fork server died: it imports the main module when it
             # starts (Python 3.13.8+, 3.14.1+), and that failed.
-            raise WorkerStartError(
-                self._dispatcher.explain_start_failure(None, f"could not be started ({exc})")
-            ) from exc
+            head = (
+                "the fork server, which imports the main module before it starts "
+                f"workers, could not start them ({type(exc).__name__}: {exc})"
+            )
+            raise WorkerStartError(self._dispatcher.explain_start_failure(None, "", head)) from exc
         self._dispatcher.attach(self._taskqueue)
         taskqueue = self._taskqueue
 

@@ -40,6 +40,13 @@ START_FAILURES_MAX = 2
 # killer, a user, terminate()): neither counts as a start failure nor resets
 # the count.  A crash (SIGSEGV, SIGABRT, ...) while importing does count.
 KILLED_FROM_OUTSIDE = frozenset({-signal.SIGKILL, -signal.SIGTERM})
+# From these versions on, the fork server imports the main module itself when
+# it starts (CPython GH-135295), whatever a pool asks of its workers: then the
+# main module must be importable under forkserver, and one that is not kills
+# the fork server rather than each worker.
+FORKSERVER_IMPORTS_MAIN = sys.version_info >= (3, 14, 1) or (
+    (3, 13, 8) <= sys.version_info < (3, 14)
+)
 # Exit code of a worker that found the main module creating a pool.
 EXIT_POOL_AT_IMPORT = 87
 
@@ -116,15 +123,21 @@ def check_main_importable(start_method: str) -> None:
 
 
 def explain_start_failure(
-    start_method: str, exitcode: int | None, how: str, site: tuple[str, int] | None
+    start_method: str,
+    exitcode: int | None,
+    how: str,
+    site: tuple[str, int] | None,
+    head: str | None = None,
 ) -> str:
     """The message of the :class:`~methodpool.WorkerStartError` for workers
     that exited before they were ready, the last one with ``exitcode``
-    (described as ``how``), of a pool created at ``site`` (see :func:`creation_site`)."""
-    head = (
-        f"{START_FAILURES_MAX} worker processes in a row exited before they were ready "
-        f"(the last one {how}), so the pool stopped starting them"
-    )
+    (described as ``how``), of a pool created at ``site`` (see :func:`creation_site`);
+    ``head`` says what happened, if not that."""
+    if head is None:
+        head = (
+            f"{START_FAILURES_MAX} worker processes in a row exited before they were ready "
+            f"(the last one {how}), so the pool stopped starting them"
+        )
     path = _main_path()
     if exitcode == EXIT_POOL_AT_IMPORT or (
         start_method == "forkserver" and site is not None and _outside_main_block(site)

@@ -220,9 +220,9 @@ class Dispatcher:
         )
         return process
 
-    def explain_start_failure(self, exitcode: int | None, how: str) -> str:
+    def explain_start_failure(self, exitcode: int | None, how: str, head: str | None = None) -> str:
         """What :class:`~methodpool.WorkerStartError` says of workers that did not start."""
-        return explain_start_failure(self._start_method, exitcode, how, self.creation_site)
+        return explain_start_failure(self._start_method, exitcode, how, self.creation_site, head)
 
     def add_worker(self, process: Any, channel: Channel) -> None:
         """Start sending tasks to a started worker ``process`` on ``channel``."""
