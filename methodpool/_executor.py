@@ -3,23 +3,23 @@
 Data flow (the executor's own pieces marked *; the rest is MethodPool's, see
 :mod:`methodpool._pool`)::
 
-    caller thread                pool's task-handler thread      worker k (xN), result thread
-    -------------                --------------------------      ----------------------------
+    caller thread              result thread, or the caller's    pool: task handler, workers
+    -------------              -------------------------------   ---------------------------
     ex.submit(fn, *args)
       MethodPool: serialize fn
        once (SerializationError
        raised here)
-      *a Future, PENDING, and a
-       job of one task, put on
-       the pool's task queue
-       behind a hand-over     -->  *hand-over: the Future goes -->  Dispatcher: worker k's
-                                    RUNNING (if it was cancelled:    channel; worker k runs
-                                    its waiters are told, the task   fn(*args)
-                                    is dropped, the job settled)          |
-    future.result(),          <------------------------------------  result thread: the job's
-     as_completed, wait,                                             *callback settles the
-     asyncio.wrap_future                                              Future (a dead worker:
-                                                                      ExecutorWorkerLostError)
+      *a Future, PENDING, and
+       its job, registered;
+       waits its turn       -->  *_Handover: at most 2 per     -->  task handler -> Dispatcher
+                                  worker handed over (RUNNING;       -> worker k's channel;
+                                  a cancelled one: its waiters       worker k runs fn(*args)
+                                  told, its task dropped)                   |
+    future.result(),        <--  *result thread: the job's     <--  result frame
+     as_completed, wait,          callback hands the next one
+     asyncio.wrap_future          over, then settles the Future
+                                  (a dead worker:
+                                  ExecutorWorkerLostError)
     ex.map(fn, *iterables)
       *the input, behind a switch that stops it (the iterator closed, a timeout,
        an error, shutdown); MethodPool.imap(chunksize, buffersize) reads it;
@@ -33,17 +33,21 @@ then the same code, tested once.  What is the executor's: the ``Future`` state
 machine, ``map``'s generator semantics, and ``shutdown``.
 
 When a future is RUNNING.  The stdlib marks a future RUNNING when it moves its
-task to the call queue, which holds ``max_workers + 1`` tasks: from then on
-``cancel()`` returns False.  Here it is when the pool's task handler takes the
-task to send it to a worker (the hand-over, :meth:`_Handover.tasks`): from
-then on it is in a worker's channel, and, as in the stdlib, ``cancel()``
-returns False and the task runs to its end.  Stopping a running task
-(MethodPool's ``TaskResult.cancel()`` kills its worker) is deliberately not
-what ``Future.cancel()`` does: the stdlib's own ``Executor.map``, ``wait``
-loops and ``asyncio.wrap_future`` call ``cancel()`` on running futures and
-expect them to finish; killing workers there would change what code that
-works today does.  ``task_timeout=`` bounds a running task;
-``kill_workers()`` stops them all.
+task to the call queue, which holds ``max_workers + 1`` tasks, and cancels
+none after that.  Here it is when its task is handed to the pool, which
+holds at most two per worker (the task it runs and the next, so that no
+worker waits for the round trip to the parent between tasks); the rest wait
+in the executor, in order, and ``cancel()`` or ``shutdown(cancel_futures=True)``
+takes them out for good.  ``map`` is MethodPool's ``imap``, not futures: it
+keeps the pool's batching, and stops by not reading its input further.
+
+``Future.cancel()`` of a running future returns False and the task runs to
+its end, as in the stdlib.  Stopping it (MethodPool's ``TaskResult.cancel()``
+kills its worker) is deliberately not what ``cancel()`` does: the stdlib's own
+``Executor.map``, ``wait`` loops and ``asyncio.wrap_future`` call ``cancel()``
+on running futures and expect them to finish; killing workers there would
+change what code that works today does.  ``task_timeout=`` bounds a running
+task; ``kill_workers()`` stops them all.
 
 Errors.  Where the stdlib's futures fail with ``BrokenProcessPool``, these fail
 with an exception that is also one, so that code catching it goes on working:
@@ -130,19 +134,34 @@ def _cpu_count() -> int:
     return count or 1
 
 
+class _Job:
+    """A submitted call, registered with the pool (a one-task job), its task not
+    queued yet: :meth:`hand_over` queues it, :meth:`drop` settles the job
+    without running it (its future was cancelled)."""
+
+    __slots__ = ("hand_over", "result")
+
+    def __init__(self, result: TaskResult[Any], hand_over: Callable[[], None]) -> None:
+        self.result = result
+        self.hand_over = hand_over
+
+    def drop(self) -> None:
+        self.result._set(0, (False, CancelledError()))
+
+
 class _ExecutorPool(MethodPool):
     """MethodPool with the two things the executor needs of it: a one-task job
-    whose hand-over to a worker a future sees, and its worker processes."""
+    whose task is queued when the executor says so, and its worker processes."""
 
-    def submit_future(
+    def prepare_job(
         self,
         handover: _Handover,
         future: Future[Any],
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> None:
-        """Queue ``fn(*args, **kwargs)`` for ``future``; raises as ``apply_async`` does."""
+    ) -> _Job:
+        """The job of ``fn(*args, **kwargs)`` for ``future``; raises as ``apply_async`` does."""
         call = self._prepare("submit", fn, 1, None, None)
         result: TaskResult[Any] = TaskResult(
             self._results_host,
@@ -150,9 +169,8 @@ class _ExecutorPool(MethodPool):
             guarded(functools.partial(handover.settle, future, False), "error_callback"),
             call.progress,
         )
-        handover.expect(future)
         task = (result._job, 0, call.func, args, kwargs)
-        self._submit(result, call, None, handover.tasks(future, result, task))
+        return _Job(result, functools.partial(self._submit, result, call, None, [task]))
 
     def workers(self) -> list[Any]:
         """The worker processes running now."""
@@ -160,45 +178,66 @@ class _ExecutorPool(MethodPool):
 
 
 class _Handover:
-    """The submitted futures not yet handed to a worker, and how each leaves PENDING.
+    """Submitted futures on their way from PENDING to a worker, as the stdlib's
+    executor moves them: at most ``limit`` handed to the pool (RUNNING), the
+    rest waiting, in the order they were submitted.
 
-    Each future does so exactly once, under :attr:`lock`: when the pool's task
-    handler takes its task (:meth:`tasks`), or when the pool settles its job
-    before that, which only ``terminate()`` does (:meth:`settle`).
+    A future leaves PENDING exactly once, under :attr:`lock`: when its turn
+    comes (:meth:`_pump`), when it is cancelled (:meth:`_cancelled`: its
+    waiters learn it at once, and its task is dropped), or when the pool fails
+    its job before its turn, which only ``terminate()`` does (:meth:`settle`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.lock = threading.Lock()
-        self.waiting: set[Future[Any]] = set()
+        self.limit = limit
+        self.waiting: dict[Future[Any], _Job] = {}  # in submission order
+        self.running: set[Future[Any]] = set()
 
-    def expect(self, future: Future[Any]) -> None:
-        """``future``'s task is about to be queued."""
+    def add(self, future: Future[Any], job: _Job) -> None:
+        """``future``'s job waits for its turn."""
         with self.lock:
-            self.waiting.add(future)
+            self.waiting[future] = job
+        future.add_done_callback(self._cancelled)
+        self._pump()
 
-    def _leave_pending(self, future: Future[Any]) -> bool | None:
-        # True: it now runs; False: it had been cancelled (its waiters are now
-        # told); None: it had left PENDING already.
+    def _pump(self) -> None:
+        dropped = []
         with self.lock:
-            if future not in self.waiting:
-                return None
-            self.waiting.remove(future)
-            return future.set_running_or_notify_cancel()
+            while self.waiting and len(self.running) < self.limit:
+                future = next(iter(self.waiting))
+                job = self.waiting.pop(future)
+                if future.set_running_or_notify_cancel():
+                    self.running.add(future)
+                    job.hand_over()
+                else:  # cancelled, and its done-callback has not run yet
+                    dropped.append(job)
+        for job in dropped:
+            job.drop()
 
-    def tasks(self, future: Future[Any], result: TaskResult[Any], task: Any) -> Iterator[Any]:
-        """The job's task, for the pool's task handler, which takes it right before
-        sending it to a worker: the future runs from then on.  A cancelled
-        future's task is dropped, and its job settled so that the pool forgets it."""
-        running = self._leave_pending(future)
-        if running:
-            yield task
-        elif running is False:
-            result._set(0, (False, CancelledError()))
+    def _cancelled(self, future: Future[Any]) -> None:
+        # A done-callback, run when the future is cancelled (or has finished).
+        if not future.cancelled():
+            return
+        with self.lock:
+            job = self.waiting.pop(future, None)
+            if job is None:
+                return
+            future.set_running_or_notify_cancel()
+        job.drop()
 
     def settle(self, future: Future[Any], ok: bool, value: Any) -> None:
         """The job's outcome, from the pool's result thread: the future's."""
-        if self._leave_pending(future) is False or future.cancelled():
-            return
+        with self.lock:
+            handed_over = future in self.running
+            if handed_over:
+                self.running.remove(future)
+            else:
+                job = self.waiting.pop(future, None)
+                if job is None or not future.set_running_or_notify_cancel():
+                    return  # cancelled: its job was dropped
+        if handed_over:
+            self._pump()  # the next one goes before this one's callbacks run
         try:
             if ok:
                 future.set_result(value)
@@ -223,30 +262,31 @@ class _MapInput:
         self._items = iter(items)
         self._stopped = False
         self._error: BaseException | None = None
-        self.cut_short: BaseException | None = None
-        """The error the map ends with, once its results run out: items were left."""
 
     def __iter__(self) -> _MapInput:
         return self
 
     def __next__(self) -> Any:
-        if not self._stopped:
-            return next(self._items)
-        if self._error is not None and self.cut_short is None:
-            # Stopped by the executor (shutdown): the map fails if anything was
-            # left, which the stdlib's map learns the same way, by reading one more.
-            for _ in self._items:
-                self.cut_short = self._error
-                break
-            self._error = None
-        raise StopIteration
+        if self._stopped:
+            raise StopIteration
+        return next(self._items)
 
     def stop(self, error: BaseException | None = None) -> None:
         """Read no more.  ``error``: the executor stops the map, which then fails
-        with ``error`` if items were left.  The first stop counts."""
+        with ``error`` if items were left (:meth:`cut_short`).  The first stop counts."""
         if not self._stopped:
             self._stopped = True
             self._error = error
+
+    def cut_short(self) -> BaseException | None:
+        """The error the map ends with once its results run out: it was stopped
+        by the executor while items were left.  Whether any was left, this reads
+        one more to know, as the stdlib's map does (in the consumer's thread)."""
+        if self._error is None:
+            return None
+        for _ in self._items:
+            return self._error
+        return None
 
 
 class _SizedMapInput(_MapInput):
@@ -260,6 +300,30 @@ class _SizedMapInput(_MapInput):
         return self._length
 
 
+class _MapResults:
+    """A map's results as the executor raises: :class:`TimeoutError` once the
+    deadline has passed, a lost worker or failed initializer also as a
+    ``BrokenProcessPool``.  An iterator object, not a generator: it keeps no
+    reference to a result it has returned (the stdlib's test_free_reference)."""
+
+    def __init__(self, results: ResultIterator[Any], deadline: float | None) -> None:
+        self._results = results
+        self._deadline = deadline
+
+    def __iter__(self) -> _MapResults:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            if self._deadline is None:
+                return self._results.next()
+            return self._results.next(max(0.0, self._deadline - time.monotonic()))
+        except multiprocessing.TimeoutError:
+            raise concurrent.futures.TimeoutError() from None
+        except (WorkerLostError, InitializerError) as error:
+            raise _as_executor_error(error) from error.__cause__
+
+
 def _map_results(
     results: ResultIterator[Any], source: _MapInput, deadline: float | None
 ) -> Iterator[Any]:
@@ -268,21 +332,10 @@ def _map_results(
     # not sent yet never runs.  It holds no reference to the executor, which may
     # be collected while the results are read.
     try:
-        while True:
-            try:
-                if deadline is None:
-                    item = results.next()
-                else:
-                    item = results.next(max(0.0, deadline - time.monotonic()))
-            except StopIteration:
-                break
-            except multiprocessing.TimeoutError:
-                raise concurrent.futures.TimeoutError() from None
-            except (WorkerLostError, InitializerError) as error:
-                raise _as_executor_error(error) from error.__cause__
-            yield item
-        if source.cut_short is not None:
-            raise source.cut_short
+        yield from _MapResults(results, deadline)
+        error = source.cut_short()
+        if error is not None:
+            raise error
     finally:
         source.stop()
         # buffersize: hand the stopped input to the pool, which then ends the
@@ -295,9 +348,12 @@ class _ExecutorCore:
     collected executor's pool can still be shut down (:func:`weakref.finalize`)
     and its maps' results still read."""
 
-    def __init__(self, pool: _ExecutorPool) -> None:
+    def __init__(self, pool: _ExecutorPool, max_workers: int) -> None:
         self.pool = pool
-        self.handover = _Handover()
+        # Two a worker: the task it runs and the next, so that it never waits
+        # for the round trip to the parent between them (the dispatcher's
+        # least depth); the stdlib's call queue holds max_workers + 1.
+        self.handover = _Handover(2 * max_workers)
         self.lock = threading.Lock()  # the stdlib's _shutdown_lock
         self.shut_down = False
         self.maps: weakref.WeakSet[_MapInput] = weakref.WeakSet()
@@ -453,7 +509,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             serializer=serializer,
             task_timeout=task_timeout,
         )
-        self._core = _ExecutorCore(pool)
+        self._core = _ExecutorCore(pool, max_workers)
         # Collected without shutdown(): the pending work finishes, then the workers exit.
         finalizer = weakref.finalize(self, self._core.shutdown, False, False, None)
         finalizer.atexit = False  # at exit, _shut_down_at_exit does it
@@ -473,9 +529,10 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             core.check_open()
             future: Future[R] = Future()
             try:
-                core.pool.submit_future(core.handover, future, fn, args, kwargs)
+                job = core.pool.prepare_job(core.handover, future, fn, args, kwargs)
             except InitializerError as error:
                 raise _as_executor_error(error) from error.__cause__
+            core.handover.add(future, job)
             return future
 
     def map(

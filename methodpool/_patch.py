@@ -1,4 +1,5 @@
-"""``methodpool.patch()``: make ``multiprocessing.Pool`` build MethodPools.
+"""``methodpool.patch()``: make ``multiprocessing.Pool`` build MethodPools, and
+``concurrent.futures.ProcessPoolExecutor`` methodpool's executor.
 
 For legacy code that cannot be edited.  Explicit and reversible: nothing
 happens on import, and :func:`unpatch` restores exactly what was there.
@@ -6,13 +7,20 @@ happens on import, and :func:`unpatch` restores exactly what was there.
 
 from __future__ import annotations
 
+import concurrent.futures
+import concurrent.futures.process
 import multiprocessing
 import multiprocessing.context
 from typing import Any
 
+from ._executor import ProcessPoolExecutor
 from ._pool import MethodPool
 
 _saved: dict[str, Any] = {}
+# concurrent.futures makes ProcessPoolExecutor on first use (a module
+# __getattr__): until then the module has no such attribute, and unpatch()
+# leaves it without one.
+_ABSENT = object()
 
 
 def _context_pool(
@@ -28,11 +36,15 @@ def _context_pool(
 
 
 def patch() -> None:
-    """From now on, ``multiprocessing.Pool(...)`` and ``ctx.Pool(...)`` return a MethodPool.
+    """From now on, ``multiprocessing.Pool(...)`` and ``ctx.Pool(...)`` return a
+    MethodPool, and ``concurrent.futures.ProcessPoolExecutor`` is
+    :class:`methodpool.ProcessPoolExecutor`.
 
     Covers calls made through the ``multiprocessing`` module and through
-    contexts (``multiprocessing.get_context("spawn").Pool(...)``).  Not covered:
-    names bound before the call (``from multiprocessing import Pool`` in a module
+    contexts (``multiprocessing.get_context("spawn").Pool(...)``), and the
+    executor as ``concurrent.futures`` and ``concurrent.futures.process`` name
+    it.  Not covered: names bound before the call (``from multiprocessing import
+    Pool`` or ``from concurrent.futures import ProcessPoolExecutor`` in a module
     imported earlier) and the class ``multiprocessing.pool.Pool`` itself, which
     stays the stdlib's.  Calling it twice changes nothing more.
     """
@@ -40,9 +52,13 @@ def patch() -> None:
         return
     _saved["module"] = multiprocessing.Pool
     _saved["context"] = multiprocessing.context.BaseContext.Pool
+    _saved["futures"] = vars(concurrent.futures).get("ProcessPoolExecutor", _ABSENT)
+    _saved["futures.process"] = concurrent.futures.process.ProcessPoolExecutor
     multiprocessing.context.BaseContext.Pool = _context_pool  # type: ignore[method-assign]
     default = multiprocessing.context._default_context
     multiprocessing.Pool = default.Pool
+    concurrent.futures.ProcessPoolExecutor = ProcessPoolExecutor  # type: ignore[misc, assignment]
+    concurrent.futures.process.ProcessPoolExecutor = ProcessPoolExecutor  # type: ignore[misc, assignment]
 
 
 def unpatch() -> None:
@@ -51,3 +67,9 @@ def unpatch() -> None:
         return
     multiprocessing.context.BaseContext.Pool = _saved.pop("context")  # type: ignore[method-assign]
     multiprocessing.Pool = _saved.pop("module")
+    concurrent.futures.process.ProcessPoolExecutor = _saved.pop("futures.process")  # type: ignore[misc]
+    futures = _saved.pop("futures")
+    if futures is _ABSENT:
+        del concurrent.futures.ProcessPoolExecutor
+    else:
+        concurrent.futures.ProcessPoolExecutor = futures  # type: ignore[misc]
