@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.pool
+from collections.abc import Iterator
 from typing import Any
 
 from ._executor import ProcessPoolExecutor
@@ -23,6 +26,10 @@ _saved: dict[str, Any] = {}
 _ABSENT = object()
 
 
+# What ctx.Pool(...) builds while patched: MethodPool, or _ScriptPool under `run`.
+_pool_class: type[MethodPool] = MethodPool
+
+
 def _context_pool(
     self: multiprocessing.context.BaseContext,
     processes: int | None = None,
@@ -30,7 +37,7 @@ def _context_pool(
     initargs: Any = (),
     maxtasksperchild: int | None = None,
 ) -> MethodPool:
-    return MethodPool(
+    return _pool_class(
         processes, initializer, initargs, maxtasksperchild, context=self.get_context()
     )
 
@@ -73,3 +80,58 @@ def unpatch() -> None:
         del concurrent.futures.ProcessPoolExecutor
     else:
         concurrent.futures.ProcessPoolExecutor = futures  # type: ignore[misc]
+
+
+# -- python -m methodpool run ------------------------------------------------------
+
+_STDLIB_POOL: Any = multiprocessing.pool.Pool
+
+
+class _StdlibPoolChecks(type):
+    # isinstance() and issubclass() against the rebound multiprocessing.pool.Pool
+    # answer as against the stdlib's class: a ThreadPool is still a Pool.
+    def __instancecheck__(cls, instance: Any) -> bool:
+        if cls is _ScriptPool:
+            return isinstance(instance, _STDLIB_POOL)
+        return type.__instancecheck__(cls, instance)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        if cls is _ScriptPool:
+            return issubclass(subclass, _STDLIB_POOL)
+        return type.__subclasscheck__(cls, subclass)
+
+
+class _ScriptPool(MethodPool, metaclass=_StdlibPoolChecks):
+    """``multiprocessing.pool.Pool`` while ``python -m methodpool run`` runs a script."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not type.__instancecheck__(MethodPool, self):
+            # ThreadPool.__init__ calls Pool.__init__(self, ...) through
+            # multiprocessing.pool's global name (3.10-3.14): a thread pool
+            # stays the stdlib's.
+            _STDLIB_POOL.__init__(self, *args, **kwargs)
+            return
+        super().__init__(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def patched_for_script() -> Iterator[None]:
+    """What ``python -m methodpool run`` changes while the script runs, undone after:
+    :func:`patch`, and the class ``multiprocessing.pool.Pool`` itself (so that
+    ``multiprocessing.pool.Pool(...)`` builds a MethodPool too, and a class the
+    script derives from it derives from MethodPool).  Names bound before it
+    (``from multiprocessing.pool import Pool`` in a module already imported)
+    keep the stdlib's class."""
+    global _pool_class
+    was_patched = bool(_saved)
+    patch()
+    stdlib_class = multiprocessing.pool.Pool
+    multiprocessing.pool.Pool = _ScriptPool  # type: ignore[misc]
+    _pool_class = _ScriptPool
+    try:
+        yield
+    finally:
+        multiprocessing.pool.Pool = stdlib_class  # type: ignore[misc]
+        _pool_class = MethodPool
+        if not was_patched:
+            unpatch()

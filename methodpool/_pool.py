@@ -233,7 +233,7 @@ class MethodPool(multiprocessing.pool.Pool):
     # -- hooks into multiprocessing.pool.Pool (see _backend) -------------------
 
     def _setup_queues(self) -> None:
-        multiprocessing.pool.Pool._setup_queues(self)  # type: ignore[attr-defined]
+        super()._setup_queues()  # type: ignore[misc]
         pickler = (
             main_reference_guard(self._ctx.get_start_method())
             if self._shipper.fallback
