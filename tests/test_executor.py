@@ -173,6 +173,12 @@ class CrashAtUnpickle:
         return die, ()
 
 
+class CrashAtPickle:
+    def __reduce__(self) -> Any:
+        die()
+        return None
+
+
 class ErrorAtPickle:
     def __reduce__(self) -> Any:
         raise pickle.PicklingError("Error in pickle")
@@ -713,6 +719,7 @@ def test_worker_dying_in_map_fails_the_map_at_its_item(fresh: ProcessPoolExecuto
         (id, (CrashAtUnpickle(),), ExecutorWorkerLostError),
         (die, (), ExecutorWorkerLostError),
         (exit_now, (), RemoteTaskError),
+        (return_instance, (CrashAtPickle,), ExecutorWorkerLostError),
         # stdlib: PicklingError, then BrokenProcessPool
         (return_instance, (ErrorAtPickle,), MaybeEncodingError),
         (return_instance, (ErrorAtUnpickle,), methodpool.DeserializationError),
@@ -721,6 +728,7 @@ def test_worker_dying_in_map_fails_the_map_at_its_item(fresh: ProcessPoolExecuto
         "crash-at-task-unpickle",
         "crash-during-task",
         "exit-during-task",
+        "crash-at-result-pickle",
         "error-at-result-pickle",
         "error-at-result-unpickle",
     ],
