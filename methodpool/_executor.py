@@ -368,7 +368,9 @@ class _ExecutorCore:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def shutdown(self, wait: bool, cancel_futures: bool, force: signal.Signals | None) -> None:
-        """Stop taking work; then wait for it (``wait``), or let a thread do so."""
+        """Stop taking work; then wait for it (``wait``), or let a thread do so.
+        ``force``: also send the workers that signal, terminate the pool, and
+        wait until they are gone."""
         with self.lock:
             self.shut_down = True
             if cancel_futures:
@@ -378,15 +380,19 @@ class _ExecutorCore:
             # no more tasks: it fails, once its results run out, if any was left.
             for source in list(self.bounded_maps):
                 source.stop(RuntimeError("cannot schedule new futures after shutdown"))
-            if self._joiner is None:
-                self.pool.close()
-                # Not a daemon: the interpreter waits at exit for what is
-                # pending, as it does for the stdlib's executor.
-                self._joiner = threading.Thread(
-                    target=self.pool.join, name="methodpool-executor-shutdown"
-                )
-                self._joiner.start()
             joiner = self._joiner
+            if joiner is None:
+                if force is None:
+                    self.pool.close()
+                # Not a daemon: the interpreter waits at exit for what is
+                # pending, as it does for the stdlib's executor.  One thread
+                # joins the pool: two reaping a forkserver worker would race
+                # for its exit status.
+                self._joiner = threading.Thread(
+                    target=self._finish,
+                    args=(force is not None,),
+                    name="methodpool-executor-shutdown",
+                )
         if cancel_futures:
             # Outside the lock: cancel() runs the futures' done-callbacks, which may submit.
             self.handover.cancel_waiting()
@@ -395,9 +401,19 @@ class _ExecutorCore:
                 if process.pid is not None and process.exitcode is None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, force)
-            self.pool.terminate()
-        if wait:
+            if joiner is not None:  # already joining after an earlier shutdown()
+                self.pool.terminate()
+        if joiner is None:
+            joiner = self._joiner
+            assert joiner is not None
+            joiner.start()
+        if wait or force is not None:
             joiner.join()
+
+    def _finish(self, terminate: bool) -> None:
+        if terminate:
+            self.pool.terminate()
+        self.pool.join()
 
 
 # Executors not shut down yet; at interpreter exit they finish their pending
@@ -610,7 +626,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         """Shut down at once: cancel what has not started, send SIGTERM to the
         workers (SIGKILL to those still there a second later); running futures
         fail.  The executor cannot be used any more.  Returns once the workers
-        are gone.  (Python 3.14's API, on every version.)"""
+        are gone (the stdlib's returns once they are signalled).  Python 3.14's
+        API, on every version."""
         _live_executors.discard(self)
         self._core.shutdown(False, True, signal.SIGTERM)
 
