@@ -74,7 +74,6 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, ParamSpec, TypeVar
 
-from ._calls import guarded
 from ._errors import InitializerError, WorkerLostError
 from ._executor_tasks import call_unpacked
 from ._pool import MethodPool
@@ -135,18 +134,32 @@ def _cpu_count() -> int:
 
 
 class _Job:
-    """A submitted call, registered with the pool (a one-task job), its task not
-    queued yet: :meth:`hand_over` queues it, :meth:`drop` settles the job
-    without running it (its future was cancelled)."""
+    """A submitted call: its future, and its job registered with the pool (a
+    one-task job) whose task is not queued yet.  :meth:`hand_over` queues it,
+    :meth:`drop` settles the job without running it (the future was
+    cancelled); :meth:`succeeded` and :meth:`failed` are the job's callbacks."""
 
-    __slots__ = ("hand_over", "result")
+    __slots__ = ("_queue", "future", "handover", "result")
 
-    def __init__(self, result: TaskResult[Any], hand_over: Callable[[], None]) -> None:
-        self.result = result
-        self.hand_over = hand_over
+    result: TaskResult[Any]
+
+    def __init__(self, handover: _Handover, future: Future[Any]) -> None:
+        self.handover = handover
+        self.future = future
+        self._queue: Callable[[], None] | None = None
+
+    def hand_over(self) -> None:
+        assert self._queue is not None
+        self._queue()
 
     def drop(self) -> None:
         self.result._set(0, (False, CancelledError()))
+
+    def succeeded(self, value: Any) -> None:
+        self.handover.settle(self, True, value)
+
+    def failed(self, error: BaseException) -> None:
+        self.handover.settle(self, False, error)
 
 
 class _ExecutorPool(MethodPool):
@@ -163,14 +176,12 @@ class _ExecutorPool(MethodPool):
     ) -> _Job:
         """The job of ``fn(*args, **kwargs)`` for ``future``; raises as ``apply_async`` does."""
         call = self._prepare("submit", fn, 1, None, None)
-        result: TaskResult[Any] = TaskResult(
-            self._results_host,
-            guarded(functools.partial(handover.settle, future, True), "callback"),
-            guarded(functools.partial(handover.settle, future, False), "error_callback"),
-            call.progress,
-        )
-        task = (result._job, 0, call.func, args, kwargs)
-        return _Job(result, functools.partial(self._submit, result, call, None, [task]))
+        job = _Job(handover, future)
+        # The callbacks do not raise (the pool would log it if they did).
+        job.result = TaskResult(self._results_host, job.succeeded, job.failed, call.progress)
+        task = (job.result._job, 0, call.func, args, kwargs)
+        job._queue = functools.partial(self._submit, job.result, call, None, [task])
+        return job
 
     def workers(self) -> list[Any]:
         """The worker processes running now."""
@@ -183,9 +194,10 @@ class _Handover:
     rest waiting, in the order they were submitted.
 
     A future leaves PENDING exactly once, under :attr:`lock`: when its turn
-    comes (:meth:`_pump`), when it is cancelled (:meth:`_cancelled`: its
-    waiters learn it at once, and its task is dropped), or when the pool fails
-    its job before its turn, which only ``terminate()`` does (:meth:`settle`).
+    comes (:meth:`_pump`; if it was cancelled, its waiters are told then and
+    its task is dropped, as in the stdlib), when ``shutdown(cancel_futures=True)``
+    cancels it (:meth:`cancel_waiting`), or when the pool fails its job before
+    its turn, which only ``terminate()`` does (:meth:`settle`).
     """
 
     def __init__(self, limit: int) -> None:
@@ -194,11 +206,10 @@ class _Handover:
         self.waiting: dict[Future[Any], _Job] = {}  # in submission order
         self.running: set[Future[Any]] = set()
 
-    def add(self, future: Future[Any], job: _Job) -> None:
-        """``future``'s job waits for its turn."""
+    def add(self, job: _Job) -> None:
+        """``job`` waits for its turn."""
         with self.lock:
-            self.waiting[future] = job
-        future.add_done_callback(self._cancelled)
+            self.waiting[job.future] = job
         self._pump()
 
     def _pump(self) -> None:
@@ -210,32 +221,22 @@ class _Handover:
                 if future.set_running_or_notify_cancel():
                     self.running.add(future)
                     job.hand_over()
-                else:  # cancelled, and its done-callback has not run yet
+                else:
                     dropped.append(job)
         for job in dropped:
             job.drop()
 
-    def _cancelled(self, future: Future[Any]) -> None:
-        # A done-callback, run when the future is cancelled (or has finished).
-        if not future.cancelled():
-            return
-        with self.lock:
-            job = self.waiting.pop(future, None)
-            if job is None:
-                return
-            future.set_running_or_notify_cancel()
-        job.drop()
-
-    def settle(self, future: Future[Any], ok: bool, value: Any) -> None:
+    def settle(self, job: _Job, ok: bool, value: Any) -> None:
         """The job's outcome, from the pool's result thread: the future's."""
+        future = job.future
         with self.lock:
             handed_over = future in self.running
             if handed_over:
                 self.running.remove(future)
-            else:
-                job = self.waiting.pop(future, None)
-                if job is None or not future.set_running_or_notify_cancel():
-                    return  # cancelled: its job was dropped
+            elif (
+                self.waiting.pop(future, None) is None or not future.set_running_or_notify_cancel()
+            ):
+                return  # cancelled: its job was dropped
         if handed_over:
             self._pump()  # the next one goes before this one's callbacks run
         try:
@@ -247,11 +248,15 @@ class _Handover:
             pass
 
     def cancel_waiting(self) -> None:
-        """Cancel every future not handed over yet (their tasks never run)."""
+        """Cancel every future not handed over yet: their tasks never run, and
+        their waiters (``wait``, ``as_completed``) are told at once."""
         with self.lock:
-            futures = list(self.waiting)
-        for future in futures:
-            future.cancel()
+            jobs = list(self.waiting.values())
+            self.waiting.clear()
+        for job in jobs:
+            job.future.cancel()  # runs its done-callbacks, which may submit: outside the lock
+            job.future.set_running_or_notify_cancel()
+            job.drop()
 
 
 class _MapInput:
@@ -548,7 +553,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 job = core.pool.prepare_job(core.handover, future, fn, args, kwargs)
             except InitializerError as error:
                 raise _as_executor_error(error) from error.__cause__
-            core.handover.add(future, job)
+            core.handover.add(job)
             return future
 
     def map(
