@@ -74,6 +74,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, ParamSpec, TypeVar
 
+from ._backend import reaped_exitcode
 from ._errors import InitializerError, WorkerLostError
 from ._executor_tasks import call_unpacked
 from ._pool import MethodPool
@@ -385,10 +386,17 @@ class _ExecutorCore:
             # no more tasks: it fails, once its results run out, if any was left.
             for source in list(self.bounded_maps):
                 source.stop(RuntimeError("cannot schedule new futures after shutdown"))
-            joiner = self._joiner
-            if joiner is None:
-                if force is None:
-                    self.pool.close()
+        if cancel_futures:
+            # Outside the lock: cancel() runs the futures' done-callbacks, which
+            # may submit (and are told that they cannot).
+            self.handover.cancel_waiting()
+        with self.lock:
+            joining = self._joiner is not None
+            if force is not None:
+                self._signal_workers(force)
+            elif not joining:
+                self.pool.close()
+            if not joining:
                 # Not a daemon: the interpreter waits at exit for what is
                 # pending, as it does for the stdlib's executor.  One thread
                 # joins the pool: two reaping a forkserver worker would race
@@ -398,22 +406,20 @@ class _ExecutorCore:
                     args=(force is not None,),
                     name="methodpool-executor-shutdown",
                 )
-        if cancel_futures:
-            # Outside the lock: cancel() runs the futures' done-callbacks, which may submit.
-            self.handover.cancel_waiting()
-        if force is not None:
-            for process in self.pool.workers():
-                if process.pid is not None and process.exitcode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, force)
-            if joiner is not None:  # already joining after an earlier shutdown()
-                self.pool.terminate()
-        if joiner is None:
+                self._joiner.start()
             joiner = self._joiner
             assert joiner is not None
-            joiner.start()
+        if force is not None and joining:  # shut down before, not terminated
+            self.pool.terminate()
         if wait or force is not None:
             joiner.join()
+
+    def _signal_workers(self, signum: signal.Signals) -> None:
+        # reaped_exitcode: process.exitcode would reap, racing the pool's threads.
+        for process in self.pool.workers():
+            if process.pid is not None and reaped_exitcode(process) is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
 
     def _finish(self, terminate: bool) -> None:
         if terminate:
