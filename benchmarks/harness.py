@@ -219,6 +219,9 @@ def run_throughput(system: System, workload: Workload, settings: Settings) -> Re
     if system.missing():
         result.error = NOT_INSTALLED
         return result
+    if workload.call == "submit" and not system.submits:
+        result.error = UNSUPPORTED  # shown as "not supported", as a start method is
+        return result
     task = workload.make_task()
     max_items = max(8, int(workload.max_items * settings.item_scale))
     what = f"{workload.call} on {system.name}"
@@ -227,6 +230,8 @@ def run_throughput(system: System, workload: Workload, settings: Settings) -> Re
         items = list(range(n_items))
         if workload.call == "map":
             results = system.map(task, items)
+        elif workload.call == "submit":
+            results = system.submit_each(task, items)
         else:
             results = list(system.imap(task, items, chunksize=1))
         _check(results, n_items)

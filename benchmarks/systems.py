@@ -63,6 +63,8 @@ class System(ABC):
     """The library call that stands for ``map`` (for the report)."""
     imap_call: ClassVar[str]
     """The library call that stands for ``imap(chunksize=1)`` (for the report)."""
+    submits: ClassVar[bool] = False
+    """Whether it has a ``concurrent.futures``-style ``submit`` (:meth:`submit_each`)."""
 
     def missing(self) -> str | None:
         """The first required module that is not installed, or ``None``."""
@@ -82,6 +84,10 @@ class System(ABC):
     @abstractmethod
     def imap(self, func: Task, items: list[int], chunksize: int = 1) -> Iterator[int]:
         """``func(x) for x in items`` from the pool, in order, as results arrive."""
+
+    def submit_each(self, func: Task, items: list[int]) -> list[int]:
+        """``[func(x) for x in items]``, one ``submit`` per item (only if :attr:`submits`)."""
+        raise NotImplementedError(f"{self.name} has no submit")
 
     @abstractmethod
     def close(self) -> None:
@@ -206,6 +212,7 @@ class StdlibExecutor(System):
     name = "ProcessPoolExecutor"
     map_call = "executor.map(f, xs, chunksize=ceil(n/8))"
     imap_call = "executor.map(f, xs, chunksize=1)"
+    submits = True
 
     def __init__(self) -> None:
         self._executor: Any = None
@@ -227,10 +234,35 @@ class StdlibExecutor(System):
     def imap(self, func: Task, items: list[int], chunksize: int = 1) -> Iterator[int]:
         return iter(self._executor.map(func, items, chunksize=chunksize))
 
+    def submit_each(self, func: Task, items: list[int]) -> list[int]:
+        futures = [self._executor.submit(func, x) for x in items]
+        return [future.result() for future in futures]
+
     def close(self) -> None:
         if self._executor is not None:
             executor, self._executor = self._executor, None
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+class MethodPoolExecutor(StdlibExecutor):
+    """``methodpool.ProcessPoolExecutor`` (serializer ``"auto"``): the stdlib executor's
+    API on MethodPool's workers; called exactly as ``ProcessPoolExecutor`` is."""
+
+    name = "methodpool.ProcessPoolExecutor"
+
+    def _make_executor(self, workers: int, start_method: str | None) -> Any:
+        from methodpool import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(start_method))
+
+    def task_pipe_counters(self) -> PipeCounters | None:
+        counters = getattr(getattr(self._executor, "_core", None), "pool", None)
+        counters = getattr(counters, "_counters", None)
+        if counters is None:
+            return None
+        return PipeCounters(
+            counters.bytes_written, counters.frames_written, counters.callables_serialized
+        )
 
 
 class LokyExecutor(StdlibExecutor):
@@ -389,7 +421,7 @@ SERIALIZERS: tuple[str, ...] = ("auto", "pickle", "cloudpickle", "dill")
 
 def all_systems() -> list[System]:
     """Every system: the baseline first, then the peers, MethodPool (one per
-    serializer), and DaskPool last."""
+    serializer), methodpool's executor, and DaskPool last."""
     peers: list[System] = [
         StdlibPool(),
         StdlibExecutor(),
@@ -401,4 +433,4 @@ def all_systems() -> list[System]:
         PebblePool(),
     ]
     mine: list[System] = [MethodPoolSystem(serializer) for serializer in SERIALIZERS]
-    return [*peers, *mine, DaskPoolSystem()]
+    return [*peers, *mine, MethodPoolExecutor(), DaskPoolSystem()]

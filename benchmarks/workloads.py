@@ -54,7 +54,7 @@ def make_closure(step: int = 1) -> Task:
     return add_step
 
 
-Call = Literal["map", "imap1"]
+Call = Literal["map", "imap1", "submit"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ class Workload:
     """One throughput case: ``call`` of ``make_task()`` over ``range(max_items)``.
 
     ``call`` is ``"map"`` (the system's bulk map, chunked as the stdlib does by
-    default) or ``"imap1"`` (lazy results, one task per item).  The runs are
+    default), ``"imap1"`` (lazy results, one task per item) or ``"submit"`` (one
+    ``submit`` and one future per item: the executors' per-task overhead).  The runs are
     time-boxed: a system too slow to do ``max_items`` within the box does fewer.
     """
 
@@ -115,6 +116,13 @@ THROUGHPUT: tuple[Workload, ...] = (
     ),
     Workload("lambda/imap1", "imap1", make_lambda, 20_000, "lambda, imap(cs=1)"),
     Workload("closure/imap1", "imap1", make_closure, 20_000, "closure, imap(cs=1)"),
+    Workload(
+        "function/submit", "submit", lambda: increment, 20_000, "module-level function, submit"
+    ),
+    Workload(
+        "method/submit", "submit", lambda: holder(16).increment, 20_000, "bound method, submit"
+    ),
+    Workload("lambda/submit", "submit", make_lambda, 20_000, "lambda, submit"),
 )
 
 START_METHODS: tuple[str, ...] = ("fork", "spawn", "forkserver")

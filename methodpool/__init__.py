@@ -29,6 +29,7 @@ from ._errors import (
 if TYPE_CHECKING:
     from ._backend import MaybeEncodingError, RemoteTraceback
     from ._dask import DaskPool as DaskPool  # re-exported, outside __all__ (see _LAZY)
+    from ._executor import ExecutorInitializerError, ExecutorWorkerLostError, ProcessPoolExecutor
     from ._patch import patch, unpatch
     from ._pool import MethodPool, Pool
     from ._results import ListResult, ResultIterator, TaskResult
@@ -43,10 +44,13 @@ _LAZY = {
     # using the name raises ImportError.  Left out of __all__ so that
     # `from methodpool import *` works without it.
     "DaskPool": "._dask",
+    "ExecutorInitializerError": "._executor",
+    "ExecutorWorkerLostError": "._executor",
     "ListResult": "._results",
     "MaybeEncodingError": "._backend",
     "MethodPool": "._pool",
     "Pool": "._pool",
+    "ProcessPoolExecutor": "._executor",
     "RemoteTraceback": "._backend",
     "ResultIterator": "._results",
     "TaskResult": "._results",
@@ -74,6 +78,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "CallStats",
     "DeserializationError",
+    "ExecutorInitializerError",
+    "ExecutorWorkerLostError",
     "InitializerError",
     "ListResult",
     "MaybeEncodingError",
@@ -82,6 +88,7 @@ __all__ = [
     "Pool",
     "PoolTerminatedError",
     "PoolUsedInWorkerError",
+    "ProcessPoolExecutor",
     "RemoteTaskError",
     "RemoteTraceback",
     "ResultIterator",

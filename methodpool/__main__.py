@@ -1,4 +1,4 @@
-"""Command line: ``python -m methodpool demo | bench | doctor``."""
+"""Command line: ``python -m methodpool demo | bench | doctor | run SCRIPT [ARGS]``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import importlib
 import importlib.metadata
 import multiprocessing
+import os
 import platform
+import runpy
 import sys
 import tempfile
 from pathlib import Path
@@ -46,9 +48,37 @@ def bench(options: list[str]) -> None:
         print(Path(report_dir, "benchmarks.md").read_text())
 
 
+def run_script(argv: list[str]) -> None:
+    """Run a script as ``python SCRIPT ARGS`` does, with methodpool's pools in
+    place of the stdlib's (:func:`methodpool._patch.patched_for_script`), undone
+    when it ends."""
+    parser = argparse.ArgumentParser(
+        prog="python -m methodpool run",
+        description="Run a Python script with multiprocessing.Pool, multiprocessing.pool.Pool "
+        "and concurrent.futures.ProcessPoolExecutor replaced by methodpool's.",
+    )
+    parser.add_argument("script", help="the script, run as __main__")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (sys.argv[1:])")
+    options = parser.parse_args(argv)
+    from ._patch import patched_for_script
+
+    saved_argv, saved_path = sys.argv, sys.path[0]
+    sys.argv = [options.script, *options.args]
+    sys.path[0] = os.path.dirname(os.path.abspath(options.script))  # as for `python SCRIPT`
+    try:
+        with patched_for_script():
+            runpy.run_path(options.script, run_name="__main__")
+    finally:
+        sys.argv, sys.path[0] = saved_argv, saved_path
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # everything after the script is the script's
+        run_script(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="python -m methodpool")
-    parser.add_argument("command", choices=["demo", "bench", "doctor"])
+    parser.add_argument("command", choices=["demo", "bench", "doctor", "run"])
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         bench(rest)
