@@ -313,3 +313,22 @@ def test_public_exceptions_are_shown_under_the_name_they_are_imported_by() -> No
     assert len(errors) >= 8
     for error in errors:
         assert f"{error.__module__}.{error.__qualname__}" == f"methodpool.{error.__name__}"
+
+
+class ExitsWhenLoaded:
+    """A result whose unpickling raises SystemExit, in the parent's result thread."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (sys.exit, (3,))
+
+
+def return_exits_when_loaded(x: int) -> ExitsWhenLoaded:
+    return ExitsWhenLoaded()
+
+
+def test_result_that_raises_system_exit_when_loaded_fails_only_its_task(
+    pool: MethodPool,
+) -> None:
+    with pytest.raises(DeserializationError, match="SystemExit"):
+        pool.apply_async(return_exits_when_loaded, (1,)).get(timeout=30)
+    still_works(pool)

@@ -171,7 +171,7 @@ def decode_result(data: bytes) -> Result:
             value = value.load(f"the result of task {index}")
     except DeserializationError as exc:
         ok, value = False, exc
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from a __reduce__ too: this is a pool thread
         error = DeserializationError(
             f"could not load the result of task {index} in the parent process: "
             f"{type(exc).__name__}: {exc}"
