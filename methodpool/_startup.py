@@ -40,6 +40,20 @@ START_FAILURES_MAX = 2
 # killer, a user, terminate()): neither counts as a start failure nor resets
 # the count.  A crash (SIGSEGV, SIGABRT, ...) while importing does count.
 KILLED_FROM_OUTSIDE = frozenset({-signal.SIGKILL, -signal.SIGTERM})
+# What a forkserver worker's exit code reads when its status was lost
+# (multiprocessing.popen_forkserver.Popen.poll): a worker killed while it
+# started may read so; a failed import reads 1.
+_FORKSERVER_STATUS_LOST = 255
+
+
+def counts_as_start_failure(start_method: str, exitcode: int | None) -> bool:
+    """Whether a worker that exited with ``exitcode`` before it was ready
+    failed to start on its own (and was not killed from outside)."""
+    if exitcode in KILLED_FROM_OUTSIDE:
+        return False
+    return not (start_method == "forkserver" and exitcode == _FORKSERVER_STATUS_LOST)
+
+
 # From these versions on, the fork server imports the main module itself when
 # it starts (CPython GH-135295), whatever a pool asks of its workers: then the
 # main module must be importable under forkserver, and one that is not kills

@@ -6,6 +6,7 @@ Each case is a real script run in a fresh interpreter, as a user would run it.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from methodpool._startup import FORKSERVER_IMPORTS_MAIN, START_FAILURES_MAX, explain_start_failure
+from methodpool._startup import (
+    FORKSERVER_IMPORTS_MAIN,
+    START_FAILURES_MAX,
+    counts_as_start_failure,
+    explain_start_failure,
+)
 
 # spawn and forkserver workers import the main module; fork workers do not.
 IMPORTING = ["spawn", "forkserver"]
@@ -298,3 +304,13 @@ def test_a_dask_pool_created_at_import_time_says_so(tmp_path: Path) -> None:
     )
     assert "ERROR Dask could not start" in result.stdout, result.stdout + result.stderr
     assert "job.py, line 4) creates a pool when it is imported" in result.stdout
+
+
+def test_workers_killed_while_they_start_are_not_start_failures() -> None:
+    assert not counts_as_start_failure("spawn", -signal.SIGKILL)
+    assert not counts_as_start_failure("fork", -signal.SIGTERM)
+    # A forkserver worker's status can be lost when it is killed early.
+    assert not counts_as_start_failure("forkserver", 255)
+    assert counts_as_start_failure("spawn", 255)
+    assert counts_as_start_failure("forkserver", 1)
+    assert counts_as_start_failure("spawn", -signal.SIGSEGV)

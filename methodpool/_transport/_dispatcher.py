@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from .._backend import new_worker_process
 from .._errors import InitializerError, WorkerStartError
 from .._serializers import Serializer
-from .._startup import explain_start_failure
+from .._startup import counts_as_start_failure, explain_start_failure
 from ._channel import Channel, PipeChannel, open_pipes, parent_ends
 from ._ledger import InFlight, Ledger, WorkerState
 from ._wire import (
@@ -162,7 +162,11 @@ class Dispatcher:
         self._start_method = "fork"  # known once a worker starts
         # Where the pool was created, if by the main module's own code.
         self.creation_site: tuple[str, int] | None = None
-        self.ledger: Ledger[_Worker] = Ledger(task_timeout, self.explain_start_failure)
+        self.ledger: Ledger[_Worker] = Ledger(
+            task_timeout,
+            self.explain_start_failure,
+            lambda exitcode: counts_as_start_failure(self._start_method, exitcode),
+        )
         ledger = self.ledger
         self._cond = ledger.cond
         self._ready = ledger.ready

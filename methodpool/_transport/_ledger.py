@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from .._backend import reaped_exitcode
 from .._errors import InitializerError, TaskTimeoutError, WorkerLostError, WorkerStartError
-from .._startup import KILLED_FROM_OUTSIDE, START_FAILURES_MAX
+from .._startup import START_FAILURES_MAX
 from ._wire import Result
 
 if TYPE_CHECKING:  # workers never import this module, but keep it light anyway
@@ -108,6 +108,7 @@ class Ledger(Generic[W]):
         self,
         default_timeout: float | None,
         explain_start_failure: Callable[[int | None, str], str],
+        counts_as_start_failure: Callable[[int | None], bool],
     ) -> None:
         self.cond = threading.Condition()
         self.workers: dict[Channel, W] = {}
@@ -123,6 +124,7 @@ class Ledger(Generic[W]):
         self._start_failures = 0
         self._readied = 0
         self._explain_start_failure = explain_start_failure
+        self._counts_as_start_failure = counts_as_start_failure
         self.cancelled: set[int] = set()
         self.broken: InitializerError | WorkerStartError | None = None
         self._default_timeout = default_timeout
@@ -229,7 +231,7 @@ class Ledger(Generic[W]):
             if exitcode is None and now < give_up_at:
                 continue
             self.failed_starts.remove(failed)
-            if exitcode in KILLED_FROM_OUTSIDE:
+            if not self._counts_as_start_failure(exitcode):
                 continue  # killed while it started (OOM, a user): not the script's fault
             if readied != self._readied:
                 continue  # a worker became ready since it exited: the run is broken
