@@ -390,6 +390,7 @@ class _ExecutorCore:
             # Outside the lock: cancel() runs the futures' done-callbacks, which
             # may submit (and are told that they cannot).
             self.handover.cancel_waiting()
+        inline = False
         with self.lock:
             joining = self._joiner is not None
             if force is not None:
@@ -406,9 +407,15 @@ class _ExecutorCore:
                     args=(force is not None,),
                     name="methodpool-executor-shutdown",
                 )
-                self._joiner.start()
+                try:
+                    self._joiner.start()
+                except RuntimeError:  # at interpreter exit (3.12+) no thread can start
+                    inline = True
             joiner = self._joiner
             assert joiner is not None
+        if inline:
+            self._finish(force is not None)  # in this thread, then
+            return
         if force is not None and joining:  # shut down before, not terminated
             self.pool.terminate()
         if wait or force is not None:
