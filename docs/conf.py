@@ -38,9 +38,13 @@ nitpick_ignore = [
     ("py:class", "methodpool._pool.T"),
     ("py:class", "methodpool._pool.R"),
     ("py:class", "methodpool._results.T"),
+    ("py:class", "methodpool._executor.R"),
     ("py:class", "methodpool._serializers.SupportsDumpsLoads"),
     # Not in the Python documentation's index.
     ("py:class", "multiprocessing.context.BaseContext"),
+    # The private modules where concurrent.futures defines its public classes.
+    ("py:class", "concurrent.futures._base.Executor"),
+    ("py:class", "concurrent.futures._base.Future"),
 ]
 
 # The Python documentation's inventory is shipped in the repository (from the
