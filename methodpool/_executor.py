@@ -394,6 +394,9 @@ class _ExecutorCore:
         with self.lock:
             joining = self._joiner is not None
             if force is not None:
+                # Send nothing more first: a task of a worker about to die would
+                # otherwise be resent to its replacement and run after all.
+                self.pool._dispatcher.abort()
                 self._signal_workers(force)
             elif not joining:
                 self.pool.close()
