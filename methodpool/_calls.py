@@ -169,11 +169,9 @@ class Shipper:
         Raises :class:`TypeError` if it is not callable and
         :class:`~methodpool.SerializationError` if it cannot be serialized.
         """
-        check_callable(func)
         if self._by_reference and _is_importable_function(func):
             return func
-        self._counters.callables_serialized += 1
-        return ship_callable(func, self.chain)
+        return self.ship_always(func)
 
     def ship_always(self, func: Any) -> ShippedCallable:
         """``func`` serialized, even an importable function (errors as :meth:`ship`)."""

@@ -54,9 +54,6 @@ class Channel(Protocol):
     batches: bool
     """Whether :meth:`fits` can answer, so that frames may wait to be written together."""
 
-    writes: int
-    """Write system calls made so far."""
-
     def fileno(self) -> int:
         """A descriptor that is readable when :meth:`receive` has something."""
 
@@ -100,7 +97,7 @@ def _unread_bytes(conn: Connection) -> int:
 class PipeChannel:
     """A :class:`Channel` on a pair of ``multiprocessing.connection`` pipes."""
 
-    __slots__ = ("_capacity", "_reader", "_stranded", "batches", "results", "tasks", "writes")
+    __slots__ = ("_capacity", "_reader", "_stranded", "batches", "results", "tasks")
 
     def __init__(self, tasks: Connection, results: Connection) -> None:
         self.tasks = tasks  # the parent writes
@@ -109,7 +106,6 @@ class PipeChannel:
         self._capacity = _pipe_capacity(tasks)
         self.batches = self._capacity > 0
         self._stranded = 0  # bytes of frames that reached the pipe only in part
-        self.writes = 0
 
     def fileno(self) -> int:
         return self.results.fileno()
@@ -125,7 +121,6 @@ class PipeChannel:
             parts += (prefix, frame)
         if len(frames) > 1 or len(frames[0]) <= _JOIN_MAX:
             parts = [b"".join(parts)]
-        self.writes += 1
         written = 0
         try:
             for part in parts:
