@@ -8,7 +8,6 @@ what the stdlib pool says to the same callables.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import multiprocessing
 import multiprocessing.pool
@@ -17,22 +16,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from ._errors import WorkerLostError
 from ._pool import MethodPool
-from ._serializers import dill_problem
 
 
 class Scorer:
     """An object like those in real code: it holds a lock and its own pool."""
 
-    def __init__(self, pool: MethodPool, weight: int, lock: bool = True) -> None:
+    def __init__(self, pool: MethodPool, weight: int) -> None:
         self.pool = pool
-        self.lock: AbstractContextManager[Any] = (
-            threading.Lock() if lock else contextlib.nullcontext()
-        )
+        self.lock = threading.Lock()
         self.weight = weight
 
     def score(self, x: int) -> int:
@@ -64,11 +59,8 @@ def run(out: Callable[[str], object] = print) -> None:
     started = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     offset = 10
-    # Only dill carries a lock, and an installed dill may not work on this Python.
-    problem = dill_problem()
     with MethodPool(2, context=ctx) as pool:
-        scorer = Scorer(pool, weight=3, lock=problem is None)
-        holds = "a lock and the pool" if problem is None else "the pool"
+        scorer = Scorer(pool, weight=3)
         add_offset = lambda x: x + offset  # noqa: E731 - the point is a lambda
         xs = list(range(6))
 
@@ -78,7 +70,7 @@ def run(out: Callable[[str], object] = print) -> None:
         calls: list[tuple[str, str, Callable[[], Any], Any]] = [
             (
                 "map",
-                f"bound method (object holds {holds})",
+                "bound method (object holds a lock and the pool)",
                 lambda: scorer.score_all(xs),
                 [3 * x * x for x in xs],
             ),
@@ -116,8 +108,6 @@ def run(out: Callable[[str], object] = print) -> None:
             ),
         ]
         out(f"MethodPool(2, context=spawn), serializer={pool.serializer!r}\n")
-        if problem is not None:
-            out(f"(the object holds no lock here, which only dill carries: {problem})\n")
         out(f"{'method':<15} {'callable':<50} result")
         for method, kind, call, expected in calls:
             result = call()

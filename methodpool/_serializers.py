@@ -22,7 +22,8 @@ Built in:
     imports neither.
 ``auto`` (the default)
     not a serializer but a chain, tried per object: ``pickle`` first (fastest,
-    smallest), then ``cloudpickle``, then ``dill`` (locks, some generators'
+    smallest), then ``cloudpickle`` (which, in this chain, also carries thread
+    locks, each as a new unlocked lock), then ``dill`` (some generators'
     frames, ...).  Objects defined in ``__main__`` skip plain pickle: workers
     started by spawn or forkserver, or forked before the definition ran, cannot
     import them by reference.
@@ -46,6 +47,7 @@ import multiprocessing.pool
 import pickle
 import platform
 import sys
+import threading
 import types
 from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
@@ -179,10 +181,10 @@ def pickle_dumps_main_by_value(obj: Any) -> bytes:
 
 
 _cloudpickler: type[pickle.Pickler] | None = None
+_lock_carrying_cloudpickler: type[pickle.Pickler] | None = None
 
 
-def cloudpickle_dumps(obj: Any) -> bytes:
-    """cloudpickle with pool placeholders."""
+def _cloudpickler_class() -> type[pickle.Pickler]:
     global _cloudpickler
     if _cloudpickler is None:
         import cloudpickle
@@ -195,7 +197,52 @@ def cloudpickle_dumps(obj: Any) -> bytes:
                 return reduced
 
         _cloudpickler = _PoolAwareCloudPickler
-    return _dump_with(_cloudpickler, obj)
+    return _cloudpickler
+
+
+def cloudpickle_dumps(obj: Any) -> bytes:
+    """cloudpickle with pool placeholders."""
+    return _dump_with(_cloudpickler_class(), obj)
+
+
+_LOCK_TYPE = type(threading.Lock())
+_RLOCK_TYPE = type(threading.RLock())
+
+
+def _new_lock() -> Any:
+    return threading.Lock()
+
+
+def _new_rlock() -> Any:
+    return threading.RLock()
+
+
+def lock_carrying_cloudpickle_dumps(obj: Any) -> bytes:
+    """``cloudpickle_dumps`` that also carries thread locks, each as a new,
+    unlocked lock of the same kind in the process that loads it.
+
+    A lock guards an object within one process; the loading process gets a
+    copy of the object, which needs a lock of its own (a held one would
+    deadlock the first task that takes it).  This is the ``auto`` chain's
+    cloudpickle link, so that a bound method of an object holding a lock
+    travels whether or not a working dill is installed (dill 0.4.1 serializes
+    no function on Python 3.15).
+    """
+    global _lock_carrying_cloudpickler
+    if _lock_carrying_cloudpickler is None:
+        base = _cloudpickler_class()
+
+        class _LockCarryingCloudPickler(base):  # type: ignore[misc,valid-type]
+            def reducer_override(self, obj: Any) -> Any:
+                kind = type(obj)
+                if kind is _LOCK_TYPE:
+                    return (_new_lock, ())
+                if kind is _RLOCK_TYPE:
+                    return (_new_rlock, ())
+                return super().reducer_override(obj)
+
+        _lock_carrying_cloudpickler = _LockCarryingCloudPickler
+    return _dump_with(_lock_carrying_cloudpickler, obj)
 
 
 _dill: Any = None
@@ -306,12 +353,14 @@ def _auto_dill_dumps(obj: Any) -> bytes:
     if _dill_status is _UNPROBED:
         dill_problem()
     if _dill_status is not None:
-        return cloudpickle_dumps(obj)
+        return lock_carrying_cloudpickle_dumps(obj)
     return dill_dumps(obj)
 
 
 PICKLE = Serializer("pickle", pickle_dumps, pickle.loads)
 CLOUDPICKLE = Serializer("cloudpickle", cloudpickle_dumps, pickle.loads)
+# The cloudpickle link of "auto" (see lock_carrying_cloudpickle_dumps).
+AUTO_CLOUDPICKLE = Serializer("cloudpickle", lock_carrying_cloudpickle_dumps, pickle.loads)
 DILL = Serializer("dill", dill_dumps, dill_loads)
 # The last link of "auto" (see _auto_dill_dumps); its output is dill's.
 _AUTO_DILL = Serializer("dill", _auto_dill_dumps, dill_loads)
@@ -438,7 +487,7 @@ def _auto_links() -> tuple[Serializer, ...]:
     # cloudpickle, then dill; dill only if installed and not known not to work.
     # Not probed here unless dill is imported already: importing it would cost
     # every program's first pool more than the pool itself.
-    links: list[Serializer] = [CLOUDPICKLE] if _available("cloudpickle") else []
+    links: list[Serializer] = [AUTO_CLOUDPICKLE] if _available("cloudpickle") else []
     if _available("dill"):
         if _dill_status is _UNPROBED and "dill" in sys.modules:
             dill_problem()

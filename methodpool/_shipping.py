@@ -145,9 +145,9 @@ def resolve(func: Any) -> Any:
 
 
 def _advice(tried: list[Serializer], culprit: Any) -> str:
-    from ._serializers import _AUTO_DILL, dill_problem  # only after a failure
+    from ._serializers import _AUTO_DILL, AUTO_CLOUDPICKLE, dill_problem  # only after a failure
 
-    by_value = any(s is CLOUDPICKLE or s is DILL or s is _AUTO_DILL for s in tried)
+    by_value = any(s in (CLOUDPICKLE, AUTO_CLOUDPICKLE, DILL, _AUTO_DILL) for s in tried)
     code = isinstance(culprit, (types.FunctionType, types.CodeType, type))
     if tried == [PICKLE] or (code and not by_value):
         return (
@@ -159,6 +159,8 @@ def _advice(tried: list[Serializer], culprit: Any) -> str:
     # here: then it is not in "auto" either, or "auto"'s dill link stood in for
     # cloudpickle.  Where dill failed itself, there is nothing left to suggest.
     last = tried[-1]
+    if last is AUTO_CLOUDPICKLE:
+        last = CLOUDPICKLE
     problem = dill_problem() if last is CLOUDPICKLE or last is _AUTO_DILL else None
     if code:
         # A function or class itself, not something it holds: no __getstate__ to write.

@@ -109,5 +109,6 @@ PICKLABLE = {
     "staticmethod",
     "partial_of_function",
 }
-# Only dill (alone or as the last link of "auto", where dill works) can carry a lock.
-NEEDS_DILL = {"bound_method_holding_lock"}
+# Plain cloudpickle cannot carry a lock; "auto" (whose cloudpickle link recreates
+# locks) and dill can.
+BEYOND_CLOUDPICKLE = {"bound_method_holding_lock"}

@@ -38,19 +38,6 @@ ANY_CALLABLE_SERIALIZERS = ["auto", "cloudpickle", DILL]
 AUTO_BY_VALUE = "'cloudpickle' or 'dill'" if DILL_WORKS else "'cloudpickle'"
 
 
-def lock_if_dill_works(code: str) -> str:
-    """``code`` whose ``threading.Lock()`` is a no-op lock where dill does not work.
-
-    Only dill carries a lock; a class defined in ``__main__`` (a prompt, a
-    notebook, a script's main block) travels by value, with its functions,
-    which a dill that serializes no function cannot do.  The rest of such a
-    program still has to work.
-    """
-    if DILL_WORKS:
-        return code
-    return code.replace("threading.Lock()", "__import__('contextlib').nullcontext()")
-
-
 @pytest.fixture(params=START_METHODS)
 def start_method(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -110,7 +97,7 @@ def process_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before open, or between open and read
         return False
 
 

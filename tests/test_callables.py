@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from callables import CALLABLES, NEEDS_DILL, PICKLABLE, OwnsPool
+from callables import BEYOND_CLOUDPICKLE, CALLABLES, PICKLABLE, OwnsPool
 from conftest import DILL_WORKS, SERIALIZERS, SharedPools
 
 from methodpool import MethodPool, PoolUsedInWorkerError, SerializationError
@@ -74,8 +74,8 @@ APIS = {name.removeprefix("run_"): fn for name, fn in globals().items() if name.
 def serializer_can_carry(serializer: str, name: str) -> bool:
     if serializer == "pickle":
         return name in PICKLABLE
-    if name in NEEDS_DILL:
-        return serializer in ("auto", "dill") and DILL_WORKS
+    if name in BEYOND_CLOUDPICKLE:
+        return serializer == "auto" or (serializer == "dill" and DILL_WORKS)
     return True
 
 

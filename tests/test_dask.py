@@ -27,8 +27,8 @@ from typing import Any
 
 import distributed
 import pytest
-from callables import CALLABLES, NEEDS_DILL, Affine, OwnsPool, module_function
-from conftest import DILL, lock_if_dill_works, process_alive
+from callables import BEYOND_CLOUDPICKLE, CALLABLES, Affine, OwnsPool, module_function
+from conftest import DILL, process_alive
 from distributed.scheduler import KilledWorker
 from test_callables import APIS, EXPECTED, XS, serializer_can_carry
 
@@ -118,7 +118,7 @@ def test_serializer_choice(dask_client: distributed.Client, serializer: str) -> 
             if serializer_can_carry(serializer, kind):
                 assert pool.map(make(), XS) == EXPECTED, kind
             else:
-                assert serializer == "pickle" or kind in NEEDS_DILL
+                assert serializer == "pickle" or kind in BEYOND_CLOUDPICKLE
                 with pytest.raises(SerializationError):
                     pool.map(make(), XS)
 
@@ -477,7 +477,7 @@ MAIN_PROGRAM = textwrap.dedent(
 @pytest.mark.timeout(60)
 def test_definitions_in_main_travel_by_value(dask_client: distributed.Client) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", lock_if_dill_works(MAIN_PROGRAM), dask_client.scheduler.address],
+        [sys.executable, "-c", MAIN_PROGRAM, dask_client.scheduler.address],
         cwd=REPO,
         capture_output=True,
         text=True,

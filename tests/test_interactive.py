@@ -11,11 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import lock_if_dill_works
 
-PROGRAM = lock_if_dill_works(
-    textwrap.dedent(
-        """
+PROGRAM = textwrap.dedent(
+    """
     import multiprocessing, threading
     from methodpool import MethodPool
 
@@ -48,7 +46,6 @@ PROGRAM = lock_if_dill_works(
 
     print("ok")
     """
-    )
 )
 
 

@@ -6,7 +6,6 @@ The notebook is executed for real, in an IPython kernel, with nbclient.
 from __future__ import annotations
 
 import pytest
-from conftest import lock_if_dill_works
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -40,8 +39,7 @@ CELLS = [
 def test_notebook_definitions_run_in_the_pool(start_method: str) -> None:
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
-        nbformat.v4.new_code_cell(lock_if_dill_works(cell.replace("METHOD", repr(start_method))))
-        for cell in CELLS
+        nbformat.v4.new_code_cell(cell.replace("METHOD", repr(start_method))) for cell in CELLS
     ]
     nbclient.NotebookClient(notebook, timeout=90, kernel_name="python3").execute()
     output = notebook.cells[-1].outputs[0]["text"]

@@ -94,9 +94,22 @@ def test_closure_variable_is_named(shared_pools: SharedPools) -> None:
         pool.map(lambda x: lock and x, [1])
 
 
-@needs_dill
-def test_auto_falls_back_to_dill_for_locks(pool: MethodPool) -> None:
-    assert pool.map(WithLock().apply, [1, 2]) == [3, 5]
+def test_auto_carries_locks_as_new_unlocked_locks(pool: MethodPool) -> None:
+    holder = WithLock()
+    with holder.lock:  # held by the caller: each worker's copy gets a lock of its own
+        assert pool.map(holder.apply, [1, 2], chunksize=1) == [3, 5]
+    rlock = threading.RLock()
+    with rlock:
+        kinds = pool.apply(
+            lambda lock: (type(lock).__name__, lock.acquire(blocking=False)), (rlock,)
+        )
+    assert kinds == (type(rlock).__name__, True)
+    assert not holder.lock.locked()
+
+
+def test_explicit_cloudpickle_does_not_carry_locks(shared_pools: SharedPools) -> None:
+    with pytest.raises(SerializationError, match=r"with 'cloudpickle': self\.lock \(lock object\)"):
+        shared_pools.get("fork", "cloudpickle").map(WithLock().apply, [1])
 
 
 @pytest.mark.parametrize(
@@ -104,7 +117,7 @@ def test_auto_falls_back_to_dill_for_locks(pool: MethodPool) -> None:
     [
         (Affine().apply, "pickle"),
         (make_closure(), "cloudpickle"),
-        pytest.param(WithLock().apply, "dill", marks=needs_dill),
+        (WithLock().apply, "cloudpickle"),
     ],
 )
 def test_auto_uses_the_first_serializer_that_works(obj: Any, expected: str) -> None:
@@ -294,7 +307,9 @@ def broken_dill(monkeypatch: pytest.MonkeyPatch) -> str:
     return problem
 
 
-def test_dill_that_does_not_work_is_left_out_or_refused(broken_dill: str) -> None:
+def test_dill_that_does_not_work_is_left_out_or_refused(
+    broken_dill: str, socket_method: Any
+) -> None:
     import dill
 
     from methodpool._serializers import fallback_chain, serializer_chain
@@ -308,19 +323,21 @@ def test_dill_that_does_not_work_is_left_out_or_refused(broken_dill: str) -> Non
     with pytest.raises(ImportError, match="serializer 'dill' does not work here") as info:
         MethodPool(1, serializer="dill")
     assert broken_dill in str(info.value)
-    # "auto" carries what cloudpickle can, and says why it could not carry the rest.
+    # "auto" carries what cloudpickle can (locks too), and says why it could not
+    # carry the rest.
     with MethodPool(2, context=multiprocessing.get_context("fork")) as pool:
         assert pool.map(make_closure(), [1, 2]) == [3, 5]
         assert pool.map(lambda x: -x, [1]) == [-1]
+        assert pool.map(WithLock().apply, [1]) == [3]
         with pytest.raises(SerializationError) as error:
-            pool.map(WithLock().apply, [1])
+            pool.map(socket_method, [1])
     message = str(error.value)
-    assert "with 'pickle' or 'cloudpickle': self.lock (lock object)" in message
+    assert "with 'pickle' or 'cloudpickle': self.conn._sock (socket object)" in message
     assert f"serializer='dill' cannot help: {broken_dill}" in message
 
 
 def test_auto_made_before_dill_was_tried_gives_cloudpickles_answer(
-    broken_dill: str, monkeypatch: pytest.MonkeyPatch
+    broken_dill: str, monkeypatch: pytest.MonkeyPatch, socket_method: Any
 ) -> None:
     # A pool made before anyone tried dill (which is not imported for it) keeps a
     # dill link; when it turns out dill does not work, the link answers as
@@ -332,9 +349,10 @@ def test_auto_made_before_dill_was_tried_gives_cloudpickles_answer(
     with MethodPool(2, context=multiprocessing.get_context("fork")) as pool:
         assert pool._shipper.chain[-1].name == "dill"
         with pytest.raises(SerializationError) as error:
-            pool.map(WithLock().apply, [1])
+            pool.map(socket_method, [1])
         assert pool.map(make_closure(), [1]) == [3]
-    assert "self.lock (lock object): TypeError" in str(error.value)
+        assert pool.map(WithLock().apply, [1]) == [3]
+    assert "self.conn._sock (socket object): TypeError" in str(error.value)
     assert f"serializer='dill' cannot help: {broken_dill}" in str(error.value)
     assert methodpool._serializers._dill_status == broken_dill  # remembered
     assert "dill" not in [s.name for s in serializer_chain("auto")]
