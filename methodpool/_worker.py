@@ -22,7 +22,11 @@ differences:
 * SIGINT is ignored: Ctrl-C is the parent's to handle, which terminates the
   workers, instead of every worker printing its own traceback;
 * a worker exits as soon as its parent process dies, even in the middle of a
-  task, instead of running on as an orphan.
+  task, instead of running on as an orphan;
+* given a ``taken`` count in shared memory (every transport but Linux's), it
+  adds 1 to it for each task frame it reads, before it runs the task: that is
+  how the parent knows, once the worker is gone, which of the frames it was
+  sent it never took (:mod:`methodpool._transport._channel`).
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ def run_worker(
     initargs: tuple[Any, ...] | Payload,
     maxtasks: int | None,
     fallback: Sequence[Serializer],
+    taken: Any = None,
 ) -> None:
     """The worker process's main function (see the module docstring)."""
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
@@ -167,6 +172,8 @@ def run_worker(
             break
         if len(data) < HEADER.size:
             break
+        if taken is not None:
+            taken.value += 1  # before anything of the task runs
         job, index = HEADER.unpack_from(data)
         ok, value = run_task(data, fallback)
         try:
