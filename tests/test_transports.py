@@ -9,11 +9,13 @@ that are not this system's default covered by every run of the suite.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -21,6 +23,7 @@ from methodpool._transport._platform import (
     ENVIRONMENT_VARIABLE,
     TRANSPORT,
     TRANSPORTS,
+    ConnectionWaiter,
     available,
     choose,
 )
@@ -132,3 +135,25 @@ def test_a_pool_under_each_transport_loses_only_the_task_that_killed_its_worker(
         "lost": [700],
         "wrong": [],
     }
+
+
+def test_a_connection_waiter_with_more_objects_than_one_wait_takes_finds_any_of_them() -> None:
+    # Windows before Python 3.13 waits on at most 63 objects at once; groups
+    # of 2 stand for that here.
+    pipes = [multiprocessing.Pipe(duplex=False) for _ in range(5)]
+    try:
+        waiter = ConnectionWaiter(group_size=2)
+        for number, (reader, _) in enumerate(pipes):
+            waiter.add(reader, number)
+        started = time.monotonic()
+        assert waiter.wait(0.05) == []
+        assert time.monotonic() - started >= 0.05
+        pipes[4][1].send_bytes(b"in the last group")
+        pipes[1][1].send_bytes(b"in the first")
+        assert sorted(waiter.wait(5)) == [1, 4]
+        waiter.remove(pipes[1][0])
+        assert waiter.wait(None) == [4]
+    finally:
+        for reader, writer in pipes:
+            reader.close()
+            writer.close()
