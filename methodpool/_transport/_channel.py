@@ -32,13 +32,14 @@ code, and the frame is resent; one killed between counting and running
 counts as running it, and that task fails with ``WorkerLostError``, as a
 task the stdlib has handed to a worker does.  Why a count and not an
 acknowledgement per frame: an acknowledgement is a system call and a
-wake-up of the result thread per task, and still says nothing of a frame
-read just before the death; the count is one store to memory per task, read
-only when needed.  The memory is the stdlib's
+wake-up of the result thread per task, with the same gap between reading a
+frame and saying so; the count is one store to memory per task, read only
+when needed.  The memory is the stdlib's
 (:func:`multiprocessing.sharedctypes.RawValue`): a file in ``/dev/shm`` or the
-temporary directory unlinked as soon as it is made (an unnamed mapping on
-Windows), handed to spawned and forkserver workers with their pipes, so no
-name exists that could outlive the pool.
+temporary directory unlinked as soon as it is made (on Windows a mapping
+that vanishes with the last process holding it), handed to spawned and
+forkserver workers with their pipes, so nothing exists that could outlive
+the pool.
 
 Whether a batch fits, portably.  The bytes in the pipe are at most those
 written less those of the frames the count says were taken (a frame read in
@@ -47,7 +48,9 @@ at most :data:`PORTABLE_CAPACITY`: 512 bytes, POSIX's smallest ``PIPE_BUF``,
 which every pipe holds (an XNU pipe starts at 512 bytes and grows only while
 the system has pipe memory to spare; BSD and Linux pipes are at least a
 page, and a Linux write that fits in a page beside the unread bytes needs
-at most one free slot of a pipe's two or more).  Batches are kept that
+at most one free slot of a pipe's two or more: only a one-page pipe, which
+kernels before 5.14 give a user over pipe-user-pages-soft, could block it,
+and Linux has its own channel).  Batches are kept that
 small (:attr:`Channel.batch_bytes`), so that the result thread can always
 write one once the worker has taken what it had.  Windows does not batch:
 each ``send_bytes`` on a message-mode pipe is one system call whatever
@@ -162,9 +165,11 @@ class _TakenFrames:
             self._sizes.append(size)
 
     def _catch_up(self) -> None:
-        # min(): a count beyond the frames written is no count (a torn read
-        # on a 32-bit system); read as "nothing more taken".
-        taken = min(self.shared.value, self._known + len(self._sizes))
+        taken = self.shared.value
+        if taken > self._known + len(self._sizes):
+            # More than was written: no count (a torn read on a 32-bit
+            # system); taken as "nothing more taken", which is never unsafe.
+            return
         while self._known < taken:
             self._unread -= self._sizes.popleft()
             self._known += 1
