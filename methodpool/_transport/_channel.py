@@ -188,19 +188,20 @@ class _TakenFrames:
 class _PosixPipes:
     """Frames on POSIX pipes, written and read by descriptor: many per system call."""
 
-    __slots__ = ("_reader", "results", "tasks")
+    __slots__ = ("_reader", "_stranded", "results", "tasks")
 
     def __init__(self, tasks: Connection, results: Connection) -> None:
         self.tasks = tasks  # the parent writes
         self.results = results  # the parent reads
         self._reader = FrameReader(results)
+        self._stranded = 0  # bytes of frames that reached the pipe only in part
 
     def fileno(self) -> int:
         return self.results.fileno()
 
-    def _write(self, frames: Sequence[bytes]) -> tuple[list[int], int]:
-        """Write ``frames``: the sizes of those that reached the pipe whole, and
-        the bytes of the next one that reached it in part (the worker is gone)."""
+    def send(self, frames: Sequence[bytes]) -> int:
+        # Small frames go in one system call.  Of a failed write, the bytes of
+        # a frame written in part stay in the pipe: _stranded counts them.
         sizes = []
         parts: list[bytes] = []
         for frame in frames:
@@ -218,11 +219,15 @@ class _PosixPipes:
                     written += count
                     view = view[count:]
         except OSError:
-            for whole, size in enumerate(sizes):
+            whole = 0
+            for size in sizes:
                 if written < size:
-                    return sizes[:whole], written
+                    break
                 written -= size
-        return sizes, 0
+                whole += 1
+            self._stranded += written
+            return whole
+        return len(frames)
 
     def receive(self) -> list[bytes]:
         try:
@@ -259,7 +264,7 @@ def _unread_bytes(conn: Connection) -> int:
 class LinuxChannel(_PosixPipes):
     """A :class:`Channel` that asks Linux what is in its tasks pipe and what it holds."""
 
-    __slots__ = ("_capacity", "_stranded", "batch_bytes")
+    __slots__ = ("_capacity", "batch_bytes")
 
     # A Linux pipe is a ring of page-sized slots, and a write that does not
     # fit in the last one takes new ones: the unread bytes may hold up to
@@ -273,14 +278,6 @@ class LinuxChannel(_PosixPipes):
         super().__init__(tasks, results)
         self._capacity = _pipe_capacity(tasks)
         self.batch_bytes = max(0, self._capacity - 3 * self._PAGE)
-        self._stranded = 0  # bytes of frames that reached the pipe only in part
-
-    def send(self, frames: Sequence[bytes]) -> int:
-        # Of a failed write, the bytes of a frame written in part stay in the
-        # pipe: untaken() discounts them.
-        whole, stranded = self._write(frames)
-        self._stranded += stranded
-        return len(whole)
 
     def fits(self, nbytes: int) -> bool:
         return 2 * _unread_bytes(self.tasks) + nbytes + 3 * self._PAGE <= self._capacity
@@ -311,12 +308,12 @@ class PortableChannel(_PosixPipes):
         self._taken = taken
 
     def send(self, frames: Sequence[bytes]) -> int:
-        # A frame written in part was not taken: its bytes count only while
-        # the worker lives (as unread, in fits()), which is no longer.
-        whole, _ = self._write(frames)
-        for size in whole:
-            self._taken.wrote(size)
-        return len(whole)
+        # A frame written in part was not taken (the worker is gone, and
+        # fits() is asked no more): only those written whole are counted.
+        count = super().send(frames)
+        for frame in frames[:count]:
+            self._taken.wrote(message_size(len(frame)))
+        return count
 
     def fits(self, nbytes: int) -> bool:
         return self._taken.unread_at_most() + nbytes <= PORTABLE_CAPACITY

@@ -57,7 +57,6 @@ from ._wire import (
     Result,
     decode_result,
     encode_task,
-    message_size,
 )
 
 if TYPE_CHECKING:
@@ -365,10 +364,12 @@ class Dispatcher:
             counters.bytes_written += len(frame)
         with worker.send_lock:
             pending = worker.pending
-            size = message_size(len(frame))
+            # A frame this small takes its length and a 4-byte prefix on the
+            # pipe (message_size() without the call: this runs per task).
+            size = len(frame) + 4
             batch_bytes = worker.channel.batch_bytes
             if (
-                len(frame) <= BATCH_FRAME_MAX
+                size <= BATCH_FRAME_MAX + 4
                 and size <= batch_bytes
                 # written() - 1: this frame is held, neither written nor batched yet
                 and (pending or worker.written() - 1 >= BATCH_LOW)
