@@ -40,7 +40,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backend import (
     ExceptionWithTraceback,
@@ -53,6 +53,9 @@ from ._remote_errors import stand_in
 from ._serializers import Serializer
 from ._shipping import Payload, arrive, encode, resolve
 from ._transport._wire import HEADER, INITIALIZER_FAILED, WORKER_READY, encode_result, split_task
+
+if TYPE_CHECKING:
+    from ._transport._taken import TakenCount
 
 
 def _travels(exc: BaseException, fallback: Sequence[Serializer]) -> bool:
@@ -135,7 +138,7 @@ def run_worker(
     initargs: tuple[Any, ...] | Payload,
     maxtasks: int | None,
     fallback: Sequence[Serializer],
-    taken: Any = None,
+    taken: TakenCount | None = None,
 ) -> None:
     """The worker process's main function (see the module docstring)."""
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
@@ -164,9 +167,7 @@ def run_worker(
             results.send_bytes(encode_result(INITIALIZER_FAILED, 0, False, error, fallback))
             return
     results.send_bytes(HEADER.pack(WORKER_READY, 0))
-    # The count as an int64 memoryview: a store through it costs half what
-    # the ctypes object's .value does, and it comes once per task.
-    count = None if taken is None else memoryview(taken).cast("B").cast("q")
+    count = None if taken is None else taken.view  # an int64 memoryview
     completed = 0
     while maxtasks is None or completed < maxtasks:
         try:

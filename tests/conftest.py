@@ -121,11 +121,7 @@ def process_alive(pid: int) -> bool:
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_shm_leftovers() -> Iterator[None]:
-    """Every shared memory segment a pool of this session created is gone at its
-    end: the callables' segments, and the files behind the workers' counts of
-    the frames they took (``multiprocessing.heap`` arenas, ``pym-<pid>-...``,
-    which the stdlib unlinks as soon as it has made them: checked, so that a
-    change in how the counts are kept cannot leak files unnoticed)."""
+    """Every shared memory segment a pool of this session created is gone at its end."""
     created: list[str] = []
     original_init = _sharedmem._Segment.__init__
 
@@ -137,8 +133,4 @@ def _no_shm_leftovers() -> Iterator[None]:
     yield
     _sharedmem._Segment.__init__ = original_init  # type: ignore[method-assign]
     leaked = [name for name in created if os.path.exists(f"/dev/shm/{name}")]
-    if os.path.isdir("/dev/shm"):
-        leaked += [
-            name for name in os.listdir("/dev/shm") if name.startswith(f"pym-{os.getpid()}-")
-        ]
     assert not leaked, f"shared memory left behind: {leaked}"

@@ -9,10 +9,12 @@ mid-task, in the middle of a frame, or just after reading one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import struct
 import threading
@@ -33,6 +35,7 @@ from methodpool._transport._channel import (
     open_windows_channel,
 )
 from methodpool._transport._platform import available
+from methodpool._transport._taken import TakenCount
 from methodpool._transport._wire import HEADER, WORKER_READY, FrameReader, Task, encode_task
 from methodpool._worker import run_worker
 
@@ -215,7 +218,7 @@ def read_one_frame_then_die(tasks: Any, results: Any, taken: Any, count_it: bool
     frame whole: before counting it, or after."""
     tasks.recv_bytes()
     if count_it and taken is not None:
-        taken.value += 1
+        taken.view[0] += 1
     os._exit(0)
 
 
@@ -319,7 +322,7 @@ class PlayedWorker:
             count -= len(chunk)
             self._left -= len(chunk)
             if self._left == 0 and self._taken is not None:
-                self._taken.value += 1
+                self._taken.view[0] += 1
 
 
 @needs_linux_pipes
@@ -358,3 +361,37 @@ def test_fits_says_yes_only_to_a_write_that_cannot_block(
         if batch:  # then the result thread can write any batch
             assert channel.fits(batch)
             assert channel.send([b"b" * (batch - 4)]) == 1
+
+
+# -- the count itself -----------------------------------------------------------------
+
+
+def count_three(taken: TakenCount) -> None:
+    for _ in range(3):
+        taken.view[0] += 1
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_count_is_shared_with_a_worker_of_every_start_method(method: str) -> None:
+    # Spawn and forkserver workers get it pickled with their arguments, its
+    # memory's descriptor handed over as their pipes' are.
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    taken = TakenCount()
+    process = multiprocessing.get_context(method).Process(target=count_three, args=(taken,))
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    assert taken.value == 3
+    taken.close()
+
+
+def test_making_counts_changes_no_pickler_of_the_process() -> None:
+    # multiprocessing.sharedctypes would register its ctypes types with
+    # ForkingPickler (a c_long sent through a queue would then fail).
+    before = dict(ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
+    counts = [TakenCount() for _ in range(3)]
+    for count in counts:
+        count.close()
+    assert dict(ForkingPickler._extra_reducers) == before  # type: ignore[attr-defined]
+    assert pickle.loads(ForkingPickler.dumps(ctypes.c_long(7))).value == 7

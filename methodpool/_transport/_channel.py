@@ -23,8 +23,8 @@ corrupts the one stream every result goes through.  Here a worker's death
 closes only its own pipes.
 
 What a dead worker never took, portably.  The worker counts the task frames
-it has taken in an int64 in shared memory (:func:`new_taken_counter`),
-right after reading a frame whole and before running it; the channel
+it has taken in an int64 in shared memory (:mod:`._taken`), right after
+reading a frame whole and before running it; the channel
 counts the frames it wrote whole.  The difference is the newest frames the
 worker never took: resent, as on Linux.  The races, each ending well: a
 worker killed between reading a frame and counting it has run none of its
@@ -34,12 +34,8 @@ task the stdlib has handed to a worker does.  Why a count and not an
 acknowledgement per frame: an acknowledgement is a system call and a
 wake-up of the result thread per task, with the same gap between reading a
 frame and saying so; the count is one store to memory per task, read only
-when needed.  The memory is the stdlib's
-(:func:`multiprocessing.sharedctypes.RawValue`): a file in ``/dev/shm`` or the
-temporary directory unlinked as soon as it is made (on Windows a mapping
-that vanishes with the last process holding it), handed to spawned and
-forkserver workers with their pipes, so nothing exists that could outlive
-the pool.
+when needed, in memory that has no name anyone could open and is gone with
+the two processes (:mod:`._taken` says how, and why not ``RawValue``).
 
 Whether a batch fits, portably.  The bytes in the pipe are at most those
 written less those of the frames the count says were taken (a frame read in
@@ -70,6 +66,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple, Protocol
 
+from ._taken import TakenCount
 from ._wire import STOP, FrameReader, length_prefix, message_size
 
 try:  # the parent's only: workers never import this module
@@ -124,18 +121,11 @@ class Channel(Protocol):
 
 
 class WorkerEnds(NamedTuple):
-    """What a worker is given of its channel (the first arguments of ``run_worker``)."""
+    """What a worker is given of its channel (``run_worker``'s arguments)."""
 
     tasks: Connection  # it reads
     results: Connection  # it writes
-    taken: Any  # its count of the task frames it has taken, or None (LinuxChannel)
-
-
-def new_taken_counter() -> Any:
-    """A zeroed int64 in shared memory, for a worker to count the frames it takes."""
-    import multiprocessing.sharedctypes  # imports ctypes: only where it is used
-
-    return multiprocessing.sharedctypes.RawValue("q", 0)
+    taken: TakenCount | None  # its count of the task frames it took (None: LinuxChannel)
 
 
 def _pipes() -> tuple[Connection, Connection, Connection, Connection]:
@@ -152,7 +142,7 @@ class _TakenFrames:
     __slots__ = ("_known", "_sizes", "_unread", "shared")
 
     def __init__(self) -> None:
-        self.shared = new_taken_counter()  # the worker adds 1 per frame taken
+        self.shared = TakenCount()  # the worker adds 1 per frame taken
         self._sizes: collections.deque[int] = collections.deque()  # not known taken, oldest first
         self._known = 0  # frames known taken
         self._unread = 0  # at most this many bytes are in the pipe
@@ -325,6 +315,10 @@ class PortableChannel(_PosixPipes):
         super().stop()
         self._taken.wrote(message_size(len(STOP)), frame=False)
 
+    def close(self) -> None:
+        super().close()
+        self._taken.shared.close()
+
 
 class WindowsChannel:
     """A :class:`Channel` on ``Connection`` methods alone: one ``send_bytes`` or
@@ -383,6 +377,7 @@ class WindowsChannel:
     def close(self) -> None:
         self.tasks.close()
         self.results.close()
+        self._taken.shared.close()
 
 
 def open_linux_channel() -> tuple[Channel, WorkerEnds]:
