@@ -42,8 +42,10 @@ def tests(session: nox.Session) -> None:
 
 
 def _tests_under(session: nox.Session, transport: str) -> None:
+    # As the tests session runs them (two pytest processes), the variable set.
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs, env={"METHODPOOL_TRANSPORT": transport})
+    env = {"METHODPOOL_TRANSPORT": transport}
+    session.run("pytest", *(session.posargs or ["-n", "2"]), env=env)
 
 
 @nox.session(python="3.11")
