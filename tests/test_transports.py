@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 import pytest
 
@@ -23,7 +25,7 @@ from methodpool._transport._platform import (
     ENVIRONMENT_VARIABLE,
     TRANSPORT,
     TRANSPORTS,
-    ConnectionWaiter,
+    ConnectionSelector,
     available,
     choose,
 )
@@ -137,22 +139,28 @@ def test_a_pool_under_each_transport_loses_only_the_task_that_killed_its_worker(
     }
 
 
-def test_a_connection_waiter_with_more_objects_than_one_wait_takes_finds_any_of_them() -> None:
-    # Windows before Python 3.13 waits on at most 63 objects at once; groups
+def ready(selector: selectors.BaseSelector, timeout: float | None) -> list[Any]:
+    return sorted(key.data for key, _ in selector.select(timeout))
+
+
+@pytest.mark.parametrize("group_size", [None, 2], ids=["one-wait", "in-groups"])
+def test_a_connection_selector_finds_what_is_readable(group_size: int | None) -> None:
+    # Windows before Python 3.13 waits on at most 63 objects at once: groups
     # of 2 stand for that here.
     pipes = [multiprocessing.Pipe(duplex=False) for _ in range(5)]
     try:
-        waiter = ConnectionWaiter(group_size=2)
+        selector = ConnectionSelector(group_size)
         for number, (reader, _) in enumerate(pipes):
-            waiter.add(reader, number)
+            selector.register(reader, selectors.EVENT_READ, number)
         started = time.monotonic()
-        assert waiter.wait(0.05) == []
+        assert ready(selector, 0.05) == []
         assert time.monotonic() - started >= 0.05
         pipes[4][1].send_bytes(b"in the last group")
         pipes[1][1].send_bytes(b"in the first")
-        assert sorted(waiter.wait(5)) == [1, 4]
-        waiter.remove(pipes[1][0])
-        assert waiter.wait(None) == [4]
+        assert ready(selector, 5) == [1, 4]
+        selector.unregister(pipes[1][0])
+        assert ready(selector, None) == [4]
+        assert set(selector.get_map()) == {reader for reader, _ in pipes} - {pipes[1][0]}
     finally:
         for reader, writer in pipes:
             reader.close()

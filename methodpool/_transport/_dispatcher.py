@@ -37,6 +37,7 @@ import contextlib
 import math
 import multiprocessing.connection
 import pickle
+import selectors
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -75,8 +76,7 @@ BATCH_FRAME_MAX = 1024
 # How often to look for a dead worker's exit code while one is awaited.
 _REAP_POLL = 0.005
 _REQUEUE = ("requeue",)  # put on the pool's task queue to make the task handler resend
-_STDLIB_RESULTS = "stdlib results"  # waiter data of the pool's own result queue
-_WAKE = "wake"  # waiter data of the wake pipe
+_STDLIB_RESULTS = "stdlib results"  # selector data of the pool's own result queue
 
 
 class _Worker(WorkerState):
@@ -190,8 +190,8 @@ class Dispatcher:
         parent_ends.update((self._wake_r, self._wake_w))
         # Owned by the result-handler thread; other threads hand it new workers
         # through _joining and wake it through the wake pipe.
-        self._waiter = transport.new_waiter()
-        self._waiter.add(self._wake_r, _WAKE)
+        self._selector = transport.new_selector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._joining: list[_Worker] = []
         self._stdlib_results: Any = None
         self._taskqueue: Any = None
@@ -207,7 +207,7 @@ class Dispatcher:
     def connect(self, outqueue: Any, pickler: type[pickle.Pickler]) -> None:
         """Wire to the pool's stdlib result queue (for its sentinels) and set the task pickler."""
         self._stdlib_results = outqueue._reader
-        self._waiter.add(self._stdlib_results, _STDLIB_RESULTS)
+        self._selector.register(self._stdlib_results, selectors.EVENT_READ, _STDLIB_RESULTS)
         self._pickler = pickler
 
     def attach(self, taskqueue: Any) -> None:
@@ -458,12 +458,13 @@ class Dispatcher:
             reaping = ledger.dying or ledger.failed_starts
             if reaping:
                 timeout = min(timeout or _REAP_POLL, _REAP_POLL)
-            events = self._waiter.wait(timeout)
+            events = self._selector.select(timeout)
             if reaping:
                 ledger.report_reaped()
             if not events:
                 _kill(ledger.overdue())
-            for data in events:
+            for key, _ in events:
+                data = key.data
                 if type(data) is _Worker:
                     self._receive(data)
                 elif data is _STDLIB_RESULTS:
@@ -474,7 +475,7 @@ class Dispatcher:
                     with self._cond:
                         joining, self._joining = self._joining, []
                     for worker in joining:
-                        self._waiter.add(worker.channel, worker)
+                        self._selector.register(worker.channel, selectors.EVENT_READ, worker)
         return self._ready.popleft()
 
     def _receive(self, worker: _Worker) -> None:
@@ -510,7 +511,7 @@ class Dispatcher:
         self._ready.append(decode_result(data))
 
     def _worker_ended(self, worker: _Worker) -> None:
-        self._waiter.remove(worker.channel)
+        self._selector.unregister(worker.channel)
         held = self.ledger.remove(worker)
         with worker.send_lock:  # no send to it is under way any more
             delivered = len(held) - worker.undelivered - len(worker.pending)

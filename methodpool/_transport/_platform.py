@@ -2,14 +2,13 @@
 
 One :class:`Transport` is chosen once, at import, for the whole process:
 
-========== ============================ ================================= ==========
-name       channel                      the result thread waits with      default on
-========== ============================ ================================= ==========
-linux      :class:`LinuxChannel`        ``selectors`` (epoll)             Linux
-portable   :class:`PortableChannel`     ``selectors`` (kqueue, poll)      other POSIX: macOS
-windows    :class:`WindowsChannel`      ``multiprocessing.connection      Windows
-                                        .wait``
-========== ============================ ================================= ==========
+========== ========================= ================================ ==================
+name       channel                   the result thread waits with     default on
+========== ========================= ================================ ==================
+linux      :class:`LinuxChannel`     ``selectors.DefaultSelector``    Linux
+portable   :class:`PortableChannel`  ``selectors.DefaultSelector``    other POSIX: macOS
+windows    :class:`WindowsChannel`   :class:`ConnectionSelector`      Windows
+========== ========================= ================================ ==================
 
 (the channels are :mod:`._channel`'s).  ``METHODPOOL_TRANSPORT`` names
 another: ``portable`` runs macOS's transport on Linux, ``windows`` runs
@@ -29,9 +28,10 @@ import os
 import selectors
 import sys
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import wait as _wait
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from ._channel import (
     Channel,
@@ -44,34 +44,6 @@ from ._channel import (
 ENVIRONMENT_VARIABLE = "METHODPOOL_TRANSPORT"
 
 
-class Waiter(Protocol):
-    """What the result thread waits on: objects with a ``fileno()``, each with its data."""
-
-    def add(self, waitable: Any, data: Any) -> None: ...
-
-    def remove(self, waitable: Any) -> None: ...
-
-    def wait(self, timeout: float | None) -> list[Any]:
-        """The data of the objects that are readable (or at end of file),
-        waiting at most ``timeout`` seconds (``None``: until one is)."""
-
-
-class SelectorWaiter:
-    """A :class:`Waiter` on ``selectors``: POSIX descriptors."""
-
-    def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-
-    def add(self, waitable: Any, data: Any) -> None:
-        self._selector.register(waitable, selectors.EVENT_READ, data)
-
-    def remove(self, waitable: Any) -> None:
-        self._selector.unregister(waitable)
-
-    def wait(self, timeout: float | None) -> list[Any]:
-        return [key.data for key, _ in self._selector.select(timeout)]
-
-
 # multiprocessing.connection.wait on Windows before Python 3.13 waits on at
 # most 63 objects (one WaitForMultipleObjects call); 3.13 batches them.
 _WAIT_MAX = 63 if sys.platform == "win32" and sys.version_info < (3, 13) else None
@@ -79,42 +51,54 @@ _WAIT_MAX = 63 if sys.platform == "win32" and sys.version_info < (3, 13) else No
 _GROUP_POLL = 0.005
 
 
-class ConnectionWaiter:
-    """A :class:`Waiter` on ``multiprocessing.connection.wait``: Windows pipe
-    handles, and anything ``selectors`` takes elsewhere."""
+class ConnectionSelector(selectors.BaseSelector):
+    """A selector (for reading) on ``multiprocessing.connection.wait``, which
+    takes Windows pipe handles, and anything ``selectors`` takes elsewhere.
+
+    The dispatcher uses a selector's API whichever it has, so that the fast
+    path (``selectors.DefaultSelector``) costs nothing more for this one.
+    """
 
     def __init__(self, group_size: int | None = _WAIT_MAX) -> None:
-        self._data: dict[Any, Any] = {}
+        self._keys: dict[Any, selectors.SelectorKey] = {}
         self._group_size = group_size
 
-    def add(self, waitable: Any, data: Any) -> None:
-        self._data[waitable] = data
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if events != selectors.EVENT_READ:
+            raise ValueError(f"{type(self).__name__} waits for reading only, not events={events}")
+        if fileobj in self._keys:
+            raise KeyError(f"{fileobj!r} is already registered")
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        key = self._keys[fileobj] = selectors.SelectorKey(fileobj, fd, events, data)
+        return key
 
-    def remove(self, waitable: Any) -> None:
-        del self._data[waitable]
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._keys.pop(fileobj)
 
-    def wait(self, timeout: float | None) -> list[Any]:
-        waitables = list(self._data)
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        waitables = list(self._keys)
         size = self._group_size
         if size is None or len(waitables) <= size:
             ready = _wait(waitables, timeout)
         else:
-            ready = self._wait_in_groups(waitables, size, timeout)
-        return [self._data[waitable] for waitable in ready]
+            ready = _wait_in_groups(waitables, size, timeout)
+        return [(self._keys[waitable], selectors.EVENT_READ) for waitable in ready]
 
-    @staticmethod
-    def _wait_in_groups(waitables: list[Any], size: int, timeout: float | None) -> list[Any]:
-        # More objects than one wait takes: look at every group, then wait on
-        # the first for a moment, until one is ready or the time is up.
-        groups = [waitables[start : start + size] for start in range(0, len(waitables), size)]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            ready = [found for group in groups for found in _wait(group, 0)]
-            left = None if deadline is None else deadline - time.monotonic()
-            if ready or (left is not None and left <= 0):
-                return ready
-            pause = _GROUP_POLL if left is None else min(_GROUP_POLL, left)
-            _wait(groups[0], pause)
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return types.MappingProxyType(self._keys)
+
+
+def _wait_in_groups(waitables: list[Any], size: int, timeout: float | None) -> list[Any]:
+    # More objects than one wait takes: look at every group, then wait on the
+    # first for a moment, until one is ready or the time is up.
+    groups = [waitables[start : start + size] for start in range(0, len(waitables), size)]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        ready = [found for group in groups for found in _wait(group, 0)]
+        left = None if deadline is None else deadline - time.monotonic()
+        if ready or (left is not None and left <= 0):
+            return ready
+        _wait(groups[0], _GROUP_POLL if left is None else min(_GROUP_POLL, left))
 
 
 class Transport(NamedTuple):
@@ -123,13 +107,14 @@ class Transport(NamedTuple):
     name: str
     open_channel: Callable[[], tuple[Channel, WorkerEnds]]
     """A new channel (the parent's end) and the worker's ends of it."""
-    new_waiter: Callable[[], Waiter]
+    new_selector: Callable[[], selectors.BaseSelector]
+    """What the result thread waits on its channels with."""
 
 
 TRANSPORTS = {
-    "linux": Transport("linux", open_linux_channel, SelectorWaiter),
-    "portable": Transport("portable", open_portable_channel, SelectorWaiter),
-    "windows": Transport("windows", open_windows_channel, ConnectionWaiter),
+    "linux": Transport("linux", open_linux_channel, selectors.DefaultSelector),
+    "portable": Transport("portable", open_portable_channel, selectors.DefaultSelector),
+    "windows": Transport("windows", open_windows_channel, ConnectionSelector),
 }
 
 
