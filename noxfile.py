@@ -41,6 +41,25 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or ["-n", "2"]))
 
 
+def _tests_under(session: nox.Session, transport: str) -> None:
+    # As the tests session runs them (two pytest processes), the variable set.
+    session.install("-e", ".[test]")
+    env = {"METHODPOOL_TRANSPORT": transport}
+    session.run("pytest", *(session.posargs or ["-n", "2"]), env=env)
+
+
+@nox.session(python="3.11")
+def tests_portable(session: nox.Session) -> None:
+    """The test suite under macOS's transport, forced here (see docs/platforms.md)."""
+    _tests_under(session, "portable")
+
+
+@nox.session(python="3.11")
+def tests_windows(session: nox.Session) -> None:
+    """The test suite under Windows's transport, forced here (see docs/platforms.md)."""
+    _tests_under(session, "windows")
+
+
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""

@@ -49,6 +49,11 @@ creates with ``_posixshmem`` and ``mmap`` directly rather than through
 ``SharedMemory``, which before Python 3.13 registers every attachment with the
 resource tracker, which the workers share with the parent: the tracker would
 then unlink, or warn about, segments the parent still owns.
+
+Descriptors.  ``multiprocessing.reduction.DupFd(fd)`` is how a descriptor
+travels to a spawn or forkserver child inside its pickled arguments (the
+pipes' ``Connection`` objects travel so): the transport's count of the frames a
+worker took (:mod:`methodpool._transport._taken`) is handed over with it.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from __future__ import annotations
 import multiprocessing.context
 import multiprocessing.pool
 import multiprocessing.process
+import multiprocessing.reduction
 import os
 import sys
 import weakref
@@ -78,6 +84,8 @@ IMapIterator = _stdlib_pool.IMapIterator
 IMapUnorderedIterator = _stdlib_pool.IMapUnorderedIterator
 guarded_task_generation = _stdlib_pool.Pool._guarded_task_generation
 get_tasks = _stdlib_pool.Pool._get_tasks
+_reduction: Any = multiprocessing.reduction
+DupFd: Any = getattr(_reduction, "DupFd", None)  # POSIX only: None on Windows
 
 
 # What to run once a worker process has started, in the parent: close the

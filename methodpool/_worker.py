@@ -22,7 +22,11 @@ differences:
 * SIGINT is ignored: Ctrl-C is the parent's to handle, which terminates the
   workers, instead of every worker printing its own traceback;
 * a worker exits as soon as its parent process dies, even in the middle of a
-  task, instead of running on as an orphan.
+  task, instead of running on as an orphan;
+* given a ``taken`` count in shared memory (every transport but Linux's), it
+  adds 1 to it for each task frame it reads, before it runs the task: that is
+  how the parent knows, once the worker is gone, which of the frames it was
+  sent it never took (:mod:`methodpool._transport._channel`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backend import (
     ExceptionWithTraceback,
@@ -49,6 +53,9 @@ from ._remote_errors import stand_in
 from ._serializers import Serializer
 from ._shipping import Payload, arrive, encode, resolve
 from ._transport._wire import HEADER, INITIALIZER_FAILED, WORKER_READY, encode_result, split_task
+
+if TYPE_CHECKING:
+    from ._transport._taken import TakenCount
 
 
 def _travels(exc: BaseException, fallback: Sequence[Serializer]) -> bool:
@@ -131,6 +138,7 @@ def run_worker(
     initargs: tuple[Any, ...] | Payload,
     maxtasks: int | None,
     fallback: Sequence[Serializer],
+    taken: TakenCount | None = None,
 ) -> None:
     """The worker process's main function (see the module docstring)."""
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
@@ -159,6 +167,7 @@ def run_worker(
             results.send_bytes(encode_result(INITIALIZER_FAILED, 0, False, error, fallback))
             return
     results.send_bytes(HEADER.pack(WORKER_READY, 0))
+    count = None if taken is None else taken.view  # an int64 memoryview
     completed = 0
     while maxtasks is None or completed < maxtasks:
         try:
@@ -167,6 +176,8 @@ def run_worker(
             break
         if len(data) < HEADER.size:
             break
+        if count is not None:
+            count[0] += 1  # before anything of the task runs
         job, index = HEADER.unpack_from(data)
         ok, value = run_task(data, fallback)
         try:

@@ -31,7 +31,12 @@ DILL_WORKS = DILL_PROBLEM is None
 needs_dill = pytest.mark.skipif(not DILL_WORKS, reason=f"dill does not work: {DILL_PROBLEM}")
 DILL = pytest.param("dill", marks=needs_dill)
 
-START_METHODS = ["fork", "spawn", "forkserver"]
+# Those this system has (Windows: spawn alone).
+START_METHODS = [
+    method
+    for method in ["fork", "spawn", "forkserver"]
+    if method in multiprocessing.get_all_start_methods()
+]
 SERIALIZERS = ["auto", "pickle", "cloudpickle", DILL]
 ANY_CALLABLE_SERIALIZERS = ["auto", "cloudpickle", DILL]
 # How "auto" names the by-value serializers it tried, in error messages.

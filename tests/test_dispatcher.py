@@ -2,7 +2,11 @@
 timeouts, cancellation, a broken initializer.
 
 No worker processes: each worker is a :class:`MemoryChannel` that the test
-drives by hand (take a task, answer it, die), so every step is exact.
+drives by hand (take a task, answer it, die), so every step is exact.  Each
+test runs once per transport (:mod:`methodpool._transport._platform`): the
+dispatcher waits the way that transport waits, and the channels batch as
+its channels do (Linux's up to the pipe's capacity, the portable one's in
+512 bytes, Windows's not at all).
 """
 
 from __future__ import annotations
@@ -13,24 +17,30 @@ import pickle
 import threading
 import time
 from concurrent.futures import CancelledError
-from typing import Any
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, NamedTuple
 
 import pytest
 
 from methodpool import InitializerError, TaskTimeoutError, WorkerLostError, WorkerStartError
 from methodpool._startup import START_FAILURES_MAX
 from methodpool._stats import PoolCounters, StatsCollector
+from methodpool._transport._channel import PORTABLE_CAPACITY
 from methodpool._transport._dispatcher import (
     BATCH_FRAMES,
     BATCH_LOW,
     MIN_DEPTH,
     Dispatcher,
 )
+from methodpool._transport._platform import TRANSPORTS, Transport
 from methodpool._transport._wire import (
     HEADER,
     INITIALIZER_FAILED,
     WORKER_READY,
+    Task,
     encode_result,
+    encode_task,
+    message_size,
     split_task,
 )
 
@@ -61,8 +71,8 @@ class MemoryChannel:
     (end of file; it never took what is left in ``tasks``).
     """
 
-    def __init__(self, capacity: int = 1 << 16) -> None:
-        self.batches = True
+    def __init__(self, capacity: int = 1 << 16, batch_bytes: int | None = None) -> None:
+        self.batch_bytes = capacity if batch_bytes is None else batch_bytes
         self.capacity = capacity
         self.tasks: collections.deque[bytes] = collections.deque()
         self.sends: list[int] = []  # frames per send() call
@@ -112,7 +122,7 @@ class MemoryChannel:
         return frames
 
     def fits(self, nbytes: int) -> bool:
-        return sum(len(frame) + 4 for frame in self.tasks) + nbytes <= self.capacity
+        return sum(message_size(len(frame)) for frame in self.tasks) + nbytes <= self.capacity
 
     def untaken(self, delivered: Any) -> int:
         return len(self.tasks)
@@ -138,12 +148,48 @@ def run_worker(*args: Any) -> None:  # never started: the tests add workers by h
     raise AssertionError("no process is started in these tests")
 
 
-def make(workers: int = 1, task_timeout: float | None = None) -> tuple[Dispatcher, list[Any]]:
-    dispatcher = Dispatcher(run_worker, (), None, task_timeout, PoolCounters())
+class Flavour(NamedTuple):
+    """A transport as the dispatcher meets it: how it waits, how its channels batch."""
+
+    transport: Transport
+    capacity: int  # of a channel's pipe (what fits() counts against)
+    batch_bytes: int
+
+    def channel(self) -> MemoryChannel:
+        return MemoryChannel(self.capacity, self.batch_bytes)
+
+    def dispatcher(self, maxtasks: int | None = None, task_timeout: float | None = None) -> Any:
+        return Dispatcher(
+            run_worker, (), maxtasks, task_timeout, PoolCounters(), transport=self.transport
+        )
+
+
+FLAVOURS = {
+    "linux": Flavour(TRANSPORTS["linux"], 1 << 16, 1 << 16),
+    "portable": Flavour(TRANSPORTS["portable"], PORTABLE_CAPACITY, PORTABLE_CAPACITY),
+    "windows": Flavour(TRANSPORTS["windows"], 1 << 16, 0),
+}
+
+
+@pytest.fixture(params=sorted(FLAVOURS))
+def flavour(request: pytest.FixtureRequest) -> Flavour:
+    return FLAVOURS[request.param]
+
+
+@pytest.fixture(params=["linux", "portable"])
+def batching(request: pytest.FixtureRequest) -> Flavour:
+    """The flavours whose channels batch."""
+    return FLAVOURS[request.param]
+
+
+def make(
+    flavour: Flavour, workers: int = 1, task_timeout: float | None = None
+) -> tuple[Dispatcher, list[Any]]:
+    dispatcher = flavour.dispatcher(task_timeout=task_timeout)
     dispatcher.attach(TaskQueue())
     channels = []
     for _ in range(workers):
-        channel = MemoryChannel()
+        channel = flavour.channel()
         dispatcher.add_worker(channel.process, channel)
         channels.append(channel)
     return dispatcher, channels
@@ -170,16 +216,16 @@ def get(dispatcher: Dispatcher, timeout: float = 5.0) -> Any:
 # -- scheduling ------------------------------------------------------------------
 
 
-def test_each_task_goes_to_the_least_busy_worker() -> None:
-    dispatcher, (a, b) = make(workers=2)
+def test_each_task_goes_to_the_least_busy_worker(flavour: Flavour) -> None:
+    dispatcher, (a, b) = make(flavour, workers=2)
     job(dispatcher, 1)
     for index in range(4):
         put(dispatcher, 1, index)
     assert len(a.tasks) == len(b.tasks) == 2  # alternating, MIN_DEPTH each
 
 
-def test_a_sender_waits_for_room_and_the_result_thread_wakes_it() -> None:
-    dispatcher, (worker,) = make()
+def test_a_sender_waits_for_room_and_the_result_thread_wakes_it(flavour: Flavour) -> None:
+    dispatcher, (worker,) = make(flavour)
     job(dispatcher, 1)
     for index in range(MIN_DEPTH):
         put(dispatcher, 1, index)
@@ -193,9 +239,9 @@ def test_a_sender_waits_for_room_and_the_result_thread_wakes_it() -> None:
     assert not blocked.is_alive() and len(worker.tasks) == MIN_DEPTH
 
 
-def test_maxtasks_caps_what_one_worker_is_sent() -> None:
-    dispatcher = Dispatcher(run_worker, (), 2, None, PoolCounters())
-    a, b = MemoryChannel(), MemoryChannel()
+def test_maxtasks_caps_what_one_worker_is_sent(flavour: Flavour) -> None:
+    dispatcher = flavour.dispatcher(maxtasks=2)
+    a, b = flavour.channel(), flavour.channel()
     dispatcher.add_worker(a.process, a)
     job(dispatcher, 1)
     put(dispatcher, 1, 0)
@@ -210,21 +256,30 @@ def test_maxtasks_caps_what_one_worker_is_sent() -> None:
 # -- batching --------------------------------------------------------------------
 
 
-def test_small_frames_for_a_busy_worker_travel_in_batches() -> None:
-    dispatcher, (worker,) = make()
+def frames_per_batch(flavour: Flavour) -> int:
+    """How many of put()'s frames (all of one size) a full batch holds."""
+    frame = encode_task(Task(1, 0, abs, (0,), {}), ForkingPickler, ())
+    return min(BATCH_FRAMES, flavour.batch_bytes // message_size(len(frame)))
+
+
+def test_small_frames_for_a_busy_worker_travel_in_batches(batching: Flavour) -> None:
+    dispatcher, (worker,) = make(batching)
     dispatcher.ledger.workers[worker].depth = 100
     job(dispatcher, 1)
-    count = BATCH_LOW + BATCH_FRAMES + 3
+    per_batch = frames_per_batch(batching)
+    assert per_batch > 4  # a batch is worth having
+    count = BATCH_LOW + per_batch + 3
     for index in range(count):
         put(dispatcher, 1, index)
     # Written one by one until the worker has BATCH_LOW queued; then batched,
-    # a full batch written at once; the last few wait.
-    assert worker.sends == [1] * BATCH_LOW + [BATCH_FRAMES]
-    assert len(worker.tasks) == BATCH_LOW + BATCH_FRAMES
+    # a full batch (BATCH_FRAMES, or as many as the channel's batch_bytes
+    # hold) written at once; the last few wait.
+    assert worker.sends == [1] * BATCH_LOW + [per_batch]
+    assert len(worker.tasks) == BATCH_LOW + per_batch
     counters = dispatcher._counters
     assert (counters.frames_written, counters.writes) == (count, BATCH_LOW + 1)
     # As the worker runs low, the result thread writes the rest itself.
-    for _ in range(BATCH_FRAMES + 1):
+    for _ in range(per_batch + 1):
         worker.answer(*worker.take())
         get(dispatcher)
     assert worker.sends[-1] == 3
@@ -232,8 +287,8 @@ def test_small_frames_for_a_busy_worker_travel_in_batches() -> None:
     assert left == list(range(count - 6, count))  # in order, none lost or doubled
 
 
-def test_the_result_thread_never_writes_a_batch_that_does_not_fit() -> None:
-    dispatcher, (worker,) = make()
+def test_the_result_thread_never_writes_a_batch_that_does_not_fit(batching: Flavour) -> None:
+    dispatcher, (worker,) = make(batching)
     dispatcher.ledger.workers[worker].depth = 100
     job(dispatcher, 1)
     for index in range(BATCH_LOW + 3):
@@ -248,8 +303,37 @@ def test_the_result_thread_never_writes_a_batch_that_does_not_fit() -> None:
     assert worker.sends[-1] == 4
 
 
-def test_stopping_the_workers_writes_their_batches_first() -> None:
-    dispatcher, (worker,) = make()
+def test_every_batched_frame_reaches_a_worker_that_takes_what_it_has(batching: Flavour) -> None:
+    # The input has ended: the task thread writes nothing more, and the
+    # result thread must be able to write the last batch, however small the
+    # pipe it may count on (the portable channel's: 512 bytes), so a batch
+    # must never grow beyond it.
+    dispatcher, (worker,) = make(batching)
+    worker.capacity = batching.batch_bytes
+    dispatcher.ledger.workers[worker].depth = 300
+    job(dispatcher, 1)
+    count = BATCH_LOW + BATCH_FRAMES + 20  # 20 left in the last batch, were it unbounded
+    for index in range(count):
+        put(dispatcher, 1, index)
+    done = []
+    for _ in range(count):
+        assert worker.tasks, f"the worker waits for a batch after {len(done)} tasks"
+        worker.answer(*worker.take())
+        done.append(get(dispatcher).number)
+    assert done == list(range(count))
+
+
+def test_frames_are_written_at_once_where_the_channel_does_not_batch() -> None:
+    dispatcher, (worker,) = make(FLAVOURS["windows"])
+    dispatcher.ledger.workers[worker].depth = 100
+    job(dispatcher, 1)
+    for index in range(BATCH_LOW + 10):
+        put(dispatcher, 1, index)
+    assert worker.sends == [1] * (BATCH_LOW + 10)
+
+
+def test_stopping_the_workers_writes_their_batches_first(batching: Flavour) -> None:
+    dispatcher, (worker,) = make(batching)
     dispatcher.ledger.workers[worker].depth = 100
     job(dispatcher, 1)
     for index in range(BATCH_LOW + 2):
@@ -261,8 +345,10 @@ def test_stopping_the_workers_writes_their_batches_first() -> None:
 # -- deaths ----------------------------------------------------------------------
 
 
-def test_a_dead_worker_fails_its_running_task_and_its_untaken_ones_are_resent() -> None:
-    dispatcher, (dying, other) = make(workers=2)
+def test_a_dead_worker_fails_its_running_task_and_its_untaken_ones_are_resent(
+    flavour: Flavour,
+) -> None:
+    dispatcher, (dying, other) = make(flavour, workers=2)
     dispatcher.ledger.workers[dying].depth = dispatcher.ledger.workers[other].depth = 3
     job(dispatcher, 1)
     for index in range(6):
@@ -285,8 +371,8 @@ def test_a_dead_worker_fails_its_running_task_and_its_untaken_ones_are_resent() 
     assert running == (1, 0) and resent == [2, 4]
 
 
-def test_a_worker_that_dies_before_taking_anything_fails_nothing() -> None:
-    dispatcher, (dying, other) = make(workers=2)
+def test_a_worker_that_dies_before_taking_anything_fails_nothing(flavour: Flavour) -> None:
+    dispatcher, (dying, other) = make(flavour, workers=2)
     job(dispatcher, 1)
     put(dispatcher, 1, 0)  # to the one that dies
     put(dispatcher, 1, 1)
@@ -299,8 +385,8 @@ def test_a_worker_that_dies_before_taking_anything_fails_nothing() -> None:
     assert requeued.number == 0 and dispatcher._taskqueue.items
 
 
-def test_frames_a_dead_worker_never_received_are_resent() -> None:
-    dispatcher, (worker,) = make()
+def test_frames_a_dead_worker_never_received_are_resent(flavour: Flavour) -> None:
+    dispatcher, (worker,) = make(flavour)
     job(dispatcher, 1)
     put(dispatcher, 1, 0)
     worker.alive = False  # gone, but its end of file not seen yet
@@ -318,8 +404,10 @@ def test_frames_a_dead_worker_never_received_are_resent() -> None:
 # -- timeouts and cancellation -----------------------------------------------------
 
 
-def test_an_overdue_task_kills_its_worker_and_fails_with_task_timeout_error() -> None:
-    dispatcher, (worker,) = make()
+def test_an_overdue_task_kills_its_worker_and_fails_with_task_timeout_error(
+    flavour: Flavour,
+) -> None:
+    dispatcher, (worker,) = make(flavour)
     job(dispatcher, 1, task_timeout=0.1)
     worker.ready()
     put(dispatcher, 1, 0)
@@ -331,8 +419,8 @@ def test_an_overdue_task_kills_its_worker_and_fails_with_task_timeout_error() ->
     assert "task_timeout of 0.1 s" in str(error)
 
 
-def test_timeouts_count_only_once_the_worker_is_ready() -> None:
-    dispatcher, (worker,) = make()
+def test_timeouts_count_only_once_the_worker_is_ready(flavour: Flavour) -> None:
+    dispatcher, (worker,) = make(flavour)
     job(dispatcher, 1, task_timeout=0.1)
     put(dispatcher, 1, 0)  # not ready: still starting up
     assert dispatcher.ledger.seconds_to_next_deadline() is None
@@ -342,8 +430,8 @@ def test_timeouts_count_only_once_the_worker_is_ready() -> None:
     assert deadline is not None and 0.05 < deadline <= 0.11
 
 
-def test_cancelling_a_running_task_fails_it_at_once_and_kills_its_worker() -> None:
-    dispatcher, (worker,) = make()
+def test_cancelling_a_running_task_fails_it_at_once_and_kills_its_worker(flavour: Flavour) -> None:
+    dispatcher, (worker,) = make(flavour)
     job(dispatcher, 7)
     put(dispatcher, 7, 0)
     worker.take()
@@ -356,8 +444,8 @@ def test_cancelling_a_running_task_fails_it_at_once_and_kills_its_worker() -> No
     assert get(dispatcher).outcome == (False, error)
 
 
-def test_a_cancelled_task_not_yet_sent_is_never_sent() -> None:
-    dispatcher, (worker,) = make()
+def test_a_cancelled_task_not_yet_sent_is_never_sent(flavour: Flavour) -> None:
+    dispatcher, (worker,) = make(flavour)
     job(dispatcher, 7)
     dispatcher.cancel(7, CancelledError())
     put(dispatcher, 7, 0)
@@ -367,13 +455,15 @@ def test_a_cancelled_task_not_yet_sent_is_never_sent() -> None:
 # -- workers that cannot start ------------------------------------------------------
 
 
-def test_workers_exiting_before_they_are_ready_break_the_pool_after_two_in_a_row() -> None:
-    dispatcher, (killed, first) = make(workers=2)
+def test_workers_exiting_before_they_are_ready_break_the_pool_after_two_in_a_row(
+    flavour: Flavour,
+) -> None:
+    dispatcher, (killed, first) = make(flavour, workers=2)
     job(dispatcher, 1)
     put(dispatcher, 1, 0)  # to `killed`, which never gets to run it
     killed.die(exitcode=-9)  # killed from outside while it started: not counted
     first.die(exitcode=1)
-    second = MemoryChannel()
+    second = flavour.channel()
     dispatcher.add_worker(second.process, second)
     second.die(exitcode=1)
     ok, error = get(dispatcher).outcome  # the task waiting to be resent fails
@@ -384,12 +474,12 @@ def test_workers_exiting_before_they_are_ready_break_the_pool_after_two_in_a_row
         put(dispatcher, 1, 1)
 
 
-def test_a_worker_that_becomes_ready_resets_the_count() -> None:
-    dispatcher, (failed, ready) = make(workers=2)
+def test_a_worker_that_becomes_ready_resets_the_count(flavour: Flavour) -> None:
+    dispatcher, (failed, ready) = make(flavour, workers=2)
     failed.die(exitcode=1)
     ready.ready()
     get_briefly(dispatcher)
-    later = MemoryChannel()
+    later = flavour.channel()
     dispatcher.add_worker(later.process, later)
     later.die(exitcode=1)
     get_briefly(dispatcher)
@@ -406,8 +496,8 @@ def get_briefly(dispatcher: Dispatcher) -> None:
 # -- a broken initializer ------------------------------------------------------------
 
 
-def test_a_failed_initializer_fails_what_cannot_run_and_breaks_the_pool() -> None:
-    dispatcher, (worker,) = make()
+def test_a_failed_initializer_fails_what_cannot_run_and_breaks_the_pool(flavour: Flavour) -> None:
+    dispatcher, (worker,) = make(flavour)
     job(dispatcher, 1)
     put(dispatcher, 1, 0)
     frame = encode_result(INITIALIZER_FAILED, 0, False, ValueError("no config"), ())

@@ -84,7 +84,10 @@ def test_worker_dies_in_a_stream_of_tiny_tasks(fresh_pool: MethodPool, victim: i
     assert isinstance(outcomes.pop(victim), WorkerLostError)
     assert outcomes == {x: x * x for x in range(5_000) if x != victim}
     counters = fresh_pool._counters
-    assert counters.writes < counters.frames_written / 2, "the tasks were not batched"
+    # Only Linux's channel batches frames this big (~300 bytes: the partial
+    # travels in each); the portable one batches up to 512 bytes, Windows's none.
+    if fresh_pool._dispatcher._transport.name == "linux":
+        assert counters.writes < counters.frames_written / 2, "the tasks were not batched"
     still_works(fresh_pool)
 
 

@@ -20,7 +20,10 @@ Batches.  On a machine with few cores, what a tiny task costs is mostly
 system calls and the wake-ups they cause, so both directions move many
 frames at once.  A small task for a worker that still has a few written
 tasks to run waits in that worker's ``pending`` list and is written with
-the ones after it (one write for up to :data:`BATCH_FRAMES`); the batch goes
+the ones after it (one write for up to :data:`BATCH_FRAMES`, and at most the
+channel's ``batch_bytes``: what it can always take once the worker has
+taken the rest, so that the result thread can write any batch in the end;
+a channel that cannot say so does not batch); the batch goes
 out when it is full, when a big frame must follow it, when the pool stops
 the workers, or as soon as the worker runs low, which the result thread
 sees (it writes the batch itself if it fits in the pipe, else leaves it to
@@ -45,8 +48,9 @@ from .._backend import new_worker_process
 from .._errors import InitializerError, WorkerStartError
 from .._serializers import Serializer
 from .._startup import counts_as_start_failure, explain_start_failure
-from ._channel import Channel, PipeChannel, open_pipes, parent_ends
+from ._channel import Channel, parent_ends
 from ._ledger import InFlight, Ledger, WorkerState
+from ._platform import TRANSPORT, Transport
 from ._wire import (
     HEADER,
     INITIALIZER_FAILED,
@@ -54,7 +58,6 @@ from ._wire import (
     Result,
     decode_result,
     encode_task,
-    message_size,
 )
 
 if TYPE_CHECKING:
@@ -79,13 +82,22 @@ _STDLIB_RESULTS = "stdlib results"  # selector data of the pool's own result que
 class _Worker(WorkerState):
     """The dispatcher's view of one worker: the ledger's, plus its pace and its batch."""
 
-    __slots__ = ("depth", "flush_wanted", "pending", "send_lock", "service_time", "undelivered")
+    __slots__ = (
+        "depth",
+        "flush_wanted",
+        "pending",
+        "pending_bytes",
+        "send_lock",
+        "service_time",
+        "undelivered",
+    )
 
     def __init__(self, process: Any, channel: Channel) -> None:
         super().__init__(process, channel)
         self.send_lock = threading.Lock()
         # Frames of the newest entries of inflight, batched, not written yet.
         self.pending: list[bytes] = []
+        self.pending_bytes = 0  # what they take on the pipe
         self.flush_wanted = False  # the result thread could not flush them
         self.undelivered = 0  # sends that failed: the newest written entries of inflight
         self.depth = MIN_DEPTH
@@ -142,6 +154,8 @@ class Dispatcher:
     ``put`` runs in the pool's task-handler thread, ``get`` in its
     result-handler thread, ``start_worker`` in whichever thread starts
     workers; the pool registers each call's job with :meth:`job_started`.
+    ``transport`` is how workers are reached: this system's
+    (:data:`~._platform.TRANSPORT`) unless a test says otherwise.
     """
 
     def __init__(
@@ -152,9 +166,11 @@ class Dispatcher:
         task_timeout: float | None,
         counters: PoolCounters,
         skip_main: bool = False,
+        transport: Transport = TRANSPORT,
     ) -> None:
         self._run_worker = run_worker
         self._skip_main = skip_main
+        self._transport = transport
         self._maxtasks = maxtasks
         self._fallback = tuple(fallback)
         self._counters = counters
@@ -174,7 +190,7 @@ class Dispatcher:
         parent_ends.update((self._wake_r, self._wake_w))
         # Owned by the result-handler thread; other threads hand it new workers
         # through _joining and wake it through the wake pipe.
-        self._selector = selectors.DefaultSelector()
+        self._selector = transport.new_selector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._joining: list[_Worker] = []
         self._stdlib_results: Any = None
@@ -207,18 +223,26 @@ class Dispatcher:
         if self.ledger.broken is not None:
             return _NeverStarted()
         self._start_method = str(ctx.get_start_method())
-        parent, child = open_pipes()
+        channel, ends = self._transport.open_channel()
         process = None
 
         def started() -> None:
-            for end in child:
-                end.close()
-            self.add_worker(process, PipeChannel(*parent))
+            ends.tasks.close()
+            ends.results.close()
+            self.add_worker(process, channel)
 
         process = new_worker_process(
             ctx,
             self._run_worker,
-            (*child, initializer, initargs, maxtasks, self._fallback),
+            (
+                ends.tasks,
+                ends.results,
+                initializer,
+                initargs,
+                maxtasks,
+                self._fallback,
+                ends.taken,
+            ),
             started,
             self._skip_main,
         )
@@ -240,11 +264,12 @@ class Dispatcher:
     def _wake(self) -> None:
         # At most one wake message in the pipe: a flood of wakes (thousands of
         # calls submitted from a callback, on the result thread itself) must
-        # not fill it and block the one thread that empties it.
+        # not fill it and block the one thread that empties it.  Not an empty
+        # message: on Windows, connection.wait may consume one while it waits.
         if not self._wake_pending:
             self._wake_pending = True
             with contextlib.suppress(OSError):
-                self._wake_w.send_bytes(b"")
+                self._wake_w.send_bytes(b"!")
 
     # -- jobs (caller's thread) ------------------------------------------------
 
@@ -339,15 +364,23 @@ class Dispatcher:
             counters.bytes_written += len(frame)
         with worker.send_lock:
             pending = worker.pending
+            # A frame this small takes its length and a 4-byte prefix on the
+            # pipe (message_size() without the call: this runs per task).
+            size = len(frame) + 4
+            batch_bytes = worker.channel.batch_bytes
             if (
-                len(frame) <= BATCH_FRAME_MAX
-                and worker.channel.batches
+                size <= BATCH_FRAME_MAX + 4
+                and size <= batch_bytes
                 # written() - 1: this frame is held, neither written nor batched yet
                 and (pending or worker.written() - 1 >= BATCH_LOW)
             ):
                 # The worker has work queued: batch this frame with the next
                 # ones, so that many tasks cost one system call and one wake-up.
+                # A batch stays within what the result thread can always write.
+                if worker.pending_bytes + size > batch_bytes:
+                    self._flush(worker)
                 pending.append(frame)
+                worker.pending_bytes += size
                 if len(pending) >= BATCH_FRAMES:
                     self._flush(worker)
             else:
@@ -377,6 +410,7 @@ class Dispatcher:
         """Write the worker's batched frames; the caller holds its ``send_lock``."""
         frames = worker.pending[:]
         worker.pending.clear()
+        worker.pending_bytes = 0
         self._write(worker, frames)
 
     def _flush_for_result_thread(self, worker: _Worker) -> None:
@@ -393,7 +427,7 @@ class Dispatcher:
             worker.flush_wanted = False
             if not worker.needs_flush():
                 return
-            if worker.channel.fits(sum(message_size(len(frame)) for frame in worker.pending)):
+            if worker.channel.fits(worker.pending_bytes):
                 self._flush(worker)
         finally:
             worker.send_lock.release()
@@ -483,6 +517,7 @@ class Dispatcher:
             delivered = len(held) - worker.undelivered - len(worker.pending)
             taken = delivered - worker.channel.untaken([entry.frame for entry in held[:delivered]])
             worker.pending.clear()
+            worker.pending_bytes = 0
             worker.channel.close()
         # Its pipes close before it can be reaped: the ledger reports the task
         # it was running once the pool's worker handler has reaped it.

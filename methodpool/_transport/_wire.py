@@ -18,7 +18,8 @@ carry them.
 Control frames use negative job numbers: :data:`WORKER_READY` (sent once,
 after the initializer ran) and :data:`INITIALIZER_FAILED`.
 
-This is the only transport module a worker process imports: it must stay
+This is the only transport module a worker process imports (but for
+:mod:`._taken`, unpickled with a spawned worker's count): it must stay
 light (no ``fcntl``, ``selectors``, threads).
 """
 
