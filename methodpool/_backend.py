@@ -310,8 +310,17 @@ def fail_pending(cache: Any, error: BaseException) -> None:
 
 
 def read_shared_memory(name: str, size: int) -> bytes:
-    """The first ``size`` bytes of the POSIX shared memory segment ``name``."""
-    import _posixshmem  # type: ignore[import-not-found]
+    """The first ``size`` bytes of the shared memory segment ``name``."""
+    try:
+        import _posixshmem  # type: ignore[import-not-found]
+    except ImportError:  # Windows: a named mapping, which no resource tracker watches
+        from multiprocessing import shared_memory
+
+        segment = shared_memory.SharedMemory(name)
+        try:
+            return bytes(segment.buf[:size])  # type: ignore[index]
+        finally:
+            segment.close()
 
     fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDONLY, mode=0o600)
     try:

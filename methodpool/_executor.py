@@ -60,11 +60,9 @@ initializer that raised gives :class:`ExecutorInitializerError` (an
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
 import multiprocessing
 import os
-import signal
 import threading
 import time
 import weakref
@@ -72,7 +70,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from ._backend import reaped_exitcode
 from ._errors import InitializerError, WorkerLostError
@@ -85,6 +83,8 @@ from ._stats import CallStats
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# How terminate_workers() and kill_workers() end the workers.
+Force = Literal["terminate", "kill"]
 
 
 class ExecutorWorkerLostError(WorkerLostError, BrokenProcessPool):
@@ -373,10 +373,11 @@ class _ExecutorCore:
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def shutdown(self, wait: bool, cancel_futures: bool, force: signal.Signals | None) -> None:
+    def shutdown(self, wait: bool, cancel_futures: bool, force: Force | None) -> None:
         """Stop taking work; then wait for it (``wait``), or let a thread do so.
-        ``force``: also send the workers that signal, terminate the pool, and
-        wait until they are gone."""
+        ``force``: also terminate or kill the workers (``Process.terminate()``:
+        SIGTERM, ``kill()``: SIGKILL; on Windows both end the process),
+        terminate the pool, and wait until they are gone."""
         with self.lock:
             self.shut_down = True
             if cancel_futures:
@@ -424,12 +425,11 @@ class _ExecutorCore:
         if wait or force is not None:
             joiner.join()
 
-    def _signal_workers(self, signum: signal.Signals) -> None:
+    def _signal_workers(self, force: Force) -> None:
         # reaped_exitcode: process.exitcode would reap, racing the pool's threads.
         for process in self.pool.workers():
             if process.pid is not None and reaped_exitcode(process) is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signum)
+                process.kill() if force == "kill" else process.terminate()
 
     def _finish(self, terminate: bool) -> None:
         if terminate:
@@ -650,12 +650,12 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         are gone (the stdlib's returns once they are signalled).  Python 3.14's
         API, on every version."""
         _live_executors.discard(self)
-        self._core.shutdown(False, True, signal.SIGTERM)
+        self._core.shutdown(False, True, "terminate")
 
     def kill_workers(self) -> None:
         """As :meth:`terminate_workers`, with SIGKILL."""
         _live_executors.discard(self)
-        self._core.shutdown(False, True, signal.SIGKILL)
+        self._core.shutdown(False, True, "kill")
 
     def stats(self) -> list[CallStats]:
         """Statistics of the recent calls (up to 64; each ``submit`` and ``map`` is one),

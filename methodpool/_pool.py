@@ -48,8 +48,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import multiprocessing.pool
-import os
-import signal
 import threading
 import time
 import weakref
@@ -111,8 +109,7 @@ TERMINATE_GRACE = 1.0
 def _kill_remaining(workers: list[Any]) -> None:
     for process in list(workers):
         if process.pid is not None and process.exitcode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
+            process.kill()  # SIGKILL; TerminateProcess on Windows
 
 
 class _Call:

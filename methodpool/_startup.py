@@ -39,7 +39,9 @@ START_FAILURES_MAX = 2
 # Exit codes of workers killed from outside while they started (the OOM
 # killer, a user, terminate()): neither counts as a start failure nor resets
 # the count.  A crash (SIGSEGV, SIGABRT, ...) while importing does count.
-KILLED_FROM_OUTSIDE = frozenset({-signal.SIGKILL, -signal.SIGTERM})
+KILLED_FROM_OUTSIDE = frozenset(
+    -signum for signum in (getattr(signal, "SIGKILL", None), signal.SIGTERM) if signum is not None
+)  # Windows has no SIGKILL; Process.terminate() and kill() both read -SIGTERM there
 # What a forkserver worker's exit code reads when its status was lost
 # (multiprocessing.popen_forkserver.Popen.poll): a worker killed while it
 # started may read so; a failed import reads 1.

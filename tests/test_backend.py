@@ -9,7 +9,10 @@ import inspect
 import multiprocessing
 import multiprocessing.pool
 import multiprocessing.queues
+import sys
 import time
+
+import pytest
 
 from methodpool import MethodPool
 from methodpool._backend import WorkerFactory
@@ -115,3 +118,25 @@ def test_spawn_preparation_data_carries_the_name_and_prepare_skips_a_main_alread
     assert 'getattr(current_main.__spec__, "name", None) == mod_name' in inspect.getsource(
         spawn._fixup_main_from_name  # type: ignore[attr-defined]
     )
+
+
+@pytest.mark.parametrize("posix", [True, False], ids=["posixshmem", "without-posixshmem"])
+def test_read_shared_memory_with_and_without_posixshmem(
+    posix: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without _posixshmem (Windows), through SharedMemory: forced here.
+    from multiprocessing import shared_memory
+
+    from methodpool._backend import read_shared_memory
+
+    if not posix:
+        monkeypatch.setitem(sys.modules, "_posixshmem", None)
+    data = bytes(range(256)) * 40
+    segment = shared_memory.SharedMemory(create=True, size=len(data))
+    try:
+        segment.buf[: len(data)] = data
+        assert read_shared_memory(segment.name, len(data)) == data
+        assert read_shared_memory(segment.name, 10) == data[:10]
+    finally:
+        segment.close()
+        segment.unlink()
