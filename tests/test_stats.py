@@ -28,8 +28,10 @@ def test_stats_time_the_tasks_and_find_the_slowest(pool: MethodPool) -> None:
     assert list(results) == pytest.approx([d * d for d in durations])
     stats = pool.stats()[-1]
     assert stats.method == "imap" and stats.tasks == 8
-    assert stats.slowest[0][0] == 5 and stats.slowest[0][1] == pytest.approx(0.4, abs=0.15)
-    assert stats.task_seconds == pytest.approx(sum(durations), abs=0.3)
+    # A sleep lasts at least as long as asked, and longer on a loaded machine:
+    # lower bounds from the durations, upper bounds from the call's wall time.
+    assert stats.slowest[0][0] == 5 and 0.39 <= stats.slowest[0][1] <= stats.wall_seconds
+    assert sum(durations) - 0.01 <= stats.task_seconds <= 2 * stats.wall_seconds
     assert 0 < stats.utilisation <= 1.05
 
 
