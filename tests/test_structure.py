@@ -7,6 +7,7 @@ in fresh interpreters rather than trusted.
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
 import subprocess
 import sys
@@ -65,8 +66,15 @@ def test_results_and_the_transport_do_not_know_the_pool() -> None:
 
 
 def _fresh(code: str) -> str:
+    # Without METHODPOOL_TRANSPORT: what the system itself gets is under test.
+    env = {k: v for k, v in os.environ.items() if k != "METHODPOOL_TRANSPORT"}
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
     ).stdout
 
 
