@@ -151,6 +151,9 @@ def run_worker(
     # this worker's own.
     channels = sys.modules.get("methodpool._transport._channel")
     own = {tasks.fileno(), results.fileno()}
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.sentinel is not None:
+        own.add(parent.sentinel)  # what _exit_when_parent_dies() waits on
     for conn in list(getattr(channels, "parent_ends", ())):
         with contextlib.suppress(OSError):
             if conn.fileno() not in own:

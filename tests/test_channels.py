@@ -395,3 +395,31 @@ def test_making_counts_changes_no_pickler_of_the_process() -> None:
         count.close()
     assert dict(ForkingPickler._extra_reducers) == before  # type: ignore[attr-defined]
     assert pickle.loads(ForkingPickler.dumps(ctypes.c_long(7))).value == 7
+
+
+def test_closing_a_channel_forgets_each_descriptor_before_closing_it(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker forked by another thread closes the parent's channel ends it
+    # inherits: one caught between os.close() and forgetting its number would
+    # close what the number has become by then in the worker (the pipe of its
+    # parent sentinel, in CI: the worker exited with code 1 mid-task).
+    import methodpool._transport._channel as channel_module
+
+    channel, ends = OPENERS[transport]()
+    parent_ends = [channel.tasks, channel.results]  # type: ignore[attr-defined]
+    numbers = {conn.fileno(): conn for conn in parent_ends}
+    seen: list[tuple[int, bool]] = []
+    real_close = os.close
+
+    def watching_close(fd: int) -> None:
+        if fd in numbers:
+            seen.append((fd, numbers[fd].closed))
+        real_close(fd)
+
+    monkeypatch.setattr(channel_module.os, "close", watching_close)
+    channel.close()
+    monkeypatch.undo()
+    assert sorted(seen) == sorted((fd, True) for fd in numbers)  # forgotten, then closed
+    ends.tasks.close()
+    ends.results.close()

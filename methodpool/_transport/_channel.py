@@ -61,6 +61,7 @@ import mmap
 import multiprocessing.connection
 import os
 import struct
+import sys
 import weakref
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -230,8 +231,29 @@ class _PosixPipes:
             self.tasks.send_bytes(STOP)
 
     def close(self) -> None:
-        self.tasks.close()
-        self.results.close()
+        _close_parent_end(self.tasks)
+        _close_parent_end(self.results)
+
+
+def _close_parent_end(conn: Connection) -> None:
+    """Close ``conn``, one of :data:`parent_ends`; on POSIX, having first made
+    it forget its descriptor.
+
+    Another thread may fork a worker at any moment, and the new worker closes
+    the connections it inherits from ``parent_ends``.  One caught after its
+    descriptor was closed but before it forgot the number (as
+    ``Connection.close()`` does it) would close whatever that number had become
+    by the fork: often the pipe that ``popen_fork`` had just made for the
+    worker's parent sentinel, whose loss made the worker exit with code 1
+    while it ran a task.
+    """
+    if sys.platform == "win32":  # no fork: nothing can catch it half closed
+        conn.close()
+        return
+    handle = conn._handle  # type: ignore[attr-defined]
+    if handle is not None:
+        conn._handle = None  # type: ignore[attr-defined]
+        os.close(handle)
 
 
 def _pipe_capacity(conn: Connection) -> int:
@@ -375,8 +397,8 @@ class WindowsChannel:
             self.tasks.send_bytes(STOP)
 
     def close(self) -> None:
-        self.tasks.close()
-        self.results.close()
+        _close_parent_end(self.tasks)
+        _close_parent_end(self.results)
         self._taken.shared.close()
 
 
