@@ -96,6 +96,7 @@ from ._startup import (
     refuse_pool_while_bootstrapping,
 )
 from ._stats import CallStats, PoolCounters, StatsCollector
+from ._transport._buffers import OUT_OF_BAND_MIN_BYTES, TaskSegments, ensure_tracker
 from ._transport._dispatcher import Dispatcher
 from ._worker import run_worker
 
@@ -153,6 +154,12 @@ class MethodPool(multiprocessing.pool.Pool):
         :class:`~methodpool.TaskTimeoutError`.  Every method that submits
         tasks (``apply``, ``map``, ``imap``, ``starmap`` and their variants)
         also takes ``task_timeout=`` for its own call.
+    ``shared_buffers``
+        whether big buffers in arguments and results (numpy arrays and
+        anything else pickle protocol 5 can hand over out of band, of 64 KiB
+        or more) travel through shared memory instead of the pipes (default:
+        yes, where the system has POSIX shared memory).  Copy semantics stay
+        the stdlib's: each side gets its own copy.  See ``docs/dataplane.md``.
 
     The task callable is serialized once per call, in the caller's thread, and
     snapshotted then: later changes to the object do not reach tasks of that
@@ -196,6 +203,7 @@ class MethodPool(multiprocessing.pool.Pool):
         serializer: str | SupportsDumpsLoads = AUTO,
         task_timeout: float | None = None,
         import_main: bool | None = None,
+        shared_buffers: bool = True,
     ) -> None:
         # Pool.__del__ reads these even when __init__ raises before Pool's own.
         self._pool = []
@@ -207,6 +215,13 @@ class MethodPool(multiprocessing.pool.Pool):
         self._shipper = Shipper(serializer, self._counters)
         if import_main is None:
             import_main = not self._shipper.carries_main_by_value
+        self._buffers = TaskSegments(
+            OUT_OF_BAND_MIN_BYTES if shared_buffers else None, self._counters
+        )
+        if self._buffers.threshold is not None:
+            # Before any worker starts: forked workers then register their
+            # segments with this process's tracker, not one of their own.
+            ensure_tracker()
         self._dispatcher = Dispatcher(
             run_worker,
             self._shipper.fallback,
@@ -214,6 +229,7 @@ class MethodPool(multiprocessing.pool.Pool):
             task_timeout,
             self._counters,
             skip_main=not import_main,
+            buffers=self._buffers,
         )
         # Instance attribute in place of the static Pool.Process (see _backend).
         self.Process = WorkerFactory(self._dispatcher.start_worker)  # type: ignore[method-assign]
@@ -227,6 +243,7 @@ class MethodPool(multiprocessing.pool.Pool):
         # Unlink the segments when the pool is collected or the interpreter
         # exits without terminate() or join() (which unlink them too).
         weakref.finalize(self, self._segments.close)
+        weakref.finalize(self, self._buffers.close)
         # The context Pool.__init__ would take, taken here to check it first.
         context = context or multiprocessing.get_context()
         start_method = str(context.get_start_method())
@@ -258,10 +275,11 @@ class MethodPool(multiprocessing.pool.Pool):
             taskqueue.put((tasks, set_length))
 
         self._results_host = ResultHost(self._cache, self._dispatcher.cancel, queue)
-        segments, dispatcher = self._segments, self._dispatcher
+        segments, dispatcher, buffers = self._segments, self._dispatcher, self._buffers
 
         def job_done(job: int) -> None:
             segments.job_done(job)
+            buffers.job_done(job)
             dispatcher.job_done(job)
 
         track_jobs(self._cache, job_done)
@@ -367,6 +385,7 @@ class MethodPool(multiprocessing.pool.Pool):
             return
         if call.lease is not None:
             call.lease.bind(result._job)
+        self._buffers.job_started(result._job, call.stats)
         self._dispatcher.job_started(result._job, task_timeout, call.stats)
         if tasks is not None:
             self._taskqueue.put((tasks, set_length))
@@ -623,12 +642,14 @@ class MethodPool(multiprocessing.pool.Pool):
         fail_pending(self._cache, PoolTerminatedError("the pool was terminated"))
         self._dispatcher.close()
         self._segments.close()
+        self._buffers.close()
 
     def join(self) -> None:
         """Like :meth:`multiprocessing.pool.Pool.join`; also frees shared memory."""
         super().join()
         self._dispatcher.close()
         self._segments.close()
+        self._buffers.close()
 
 
 Pool = MethodPool

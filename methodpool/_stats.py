@@ -7,8 +7,8 @@ task, so it is always on.
 
 :class:`PoolCounters` holds the pool's running totals of the same kind (what
 went down the pipes, how often a callable was serialized, how many shared
-memory segments were made): the one place the tests and the benchmarks read
-them from.
+memory segments were made, what went through shared memory instead): the one
+place the tests and the benchmarks read them from.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ class CallStats:
     """Size of the serialized callable; 0 if it went by reference."""
     bytes_sent: int
     """Bytes of task frames written to the workers' pipes."""
+    bytes_out_of_band: int
+    """Bytes of big buffers (arguments and results) that went through shared
+    memory instead of the pipes."""
+    pipe_fallbacks: int
+    """Task and result frames whose big buffers went through a pipe after all,
+    for want of shared memory (a full ``/dev/shm``, or a worker's result
+    segments all still being read)."""
     task_seconds: float
     """Time workers spent on the call's tasks, summed."""
     utilisation: float
@@ -54,9 +61,12 @@ class PoolCounters:
     ``writes`` at the same instant may miss one)."""
 
     __slots__ = (
+        "bytes_out_of_band",
+        "bytes_read",
         "bytes_written",
         "callables_serialized",
         "frames_written",
+        "pipe_fallbacks",
         "segments_created",
         "writes",
     )
@@ -67,6 +77,11 @@ class PoolCounters:
         self.frames_written = 0  # task frames, by the task-handler thread
         self.bytes_written = 0  # their bytes
         self.writes = 0  # write system calls those took (a batch is one), by either handler thread
+        self.bytes_read = 0  # bytes of result frames, by the result-handler thread
+        # Big buffers through shared memory, both ways, and frames that had to
+        # carry theirs through a pipe (methodpool._transport._buffers).
+        self.bytes_out_of_band = 0
+        self.pipe_fallbacks = 0
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
@@ -79,11 +94,13 @@ class StatsCollector:
     __slots__ = (
         "_lock",
         "_slowest",
+        "bytes_out_of_band",
         "bytes_sent",
         "callable_bytes",
         "finished",
         "items",
         "method",
+        "pipe_fallbacks",
         "serialize_seconds",
         "started",
         "task_seconds",
@@ -99,6 +116,8 @@ class StatsCollector:
         self.callable_bytes = 0
         self.tasks = 0
         self.bytes_sent = 0
+        self.bytes_out_of_band = 0
+        self.pipe_fallbacks = 0
         self.task_seconds = 0.0
         self._slowest: list[tuple[float, int]] = []  # min-heap of the largest durations
         self._lock = threading.Lock()
@@ -135,6 +154,8 @@ class StatsCollector:
             serialize_seconds=self.serialize_seconds,
             callable_bytes=self.callable_bytes,
             bytes_sent=self.bytes_sent,
+            bytes_out_of_band=self.bytes_out_of_band,
+            pipe_fallbacks=self.pipe_fallbacks,
             task_seconds=task_seconds,
             utilisation=task_seconds / (wall * workers) if wall > 0 and workers else 0.0,
             slowest=slowest,

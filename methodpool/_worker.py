@@ -26,7 +26,10 @@ differences:
 * given a ``taken`` count in shared memory (every transport but Linux's), it
   adds 1 to it for each task frame it reads, before it runs the task: that is
   how the parent knows, once the worker is gone, which of the frames it was
-  sent it never took (:mod:`methodpool._transport._channel`).
+  sent it never took (:mod:`methodpool._transport._channel`);
+* big buffers in arguments arrive, and in results leave, through shared
+  memory (:mod:`methodpool._transport._buffers`); the worker makes and
+  reuses its own few result segments.
 """
 
 from __future__ import annotations
@@ -52,7 +55,15 @@ from ._errors import IMPORTABLE_ADVICE, DeserializationError
 from ._remote_errors import stand_in
 from ._serializers import Serializer
 from ._shipping import Payload, arrive, encode, resolve
-from ._transport._wire import HEADER, INITIALIZER_FAILED, WORKER_READY, encode_result, split_task
+from ._transport._buffers import ResultSegments
+from ._transport._wire import (
+    HEADER,
+    INITIALIZER_FAILED,
+    WORKER_READY,
+    encode_result,
+    load_task_body,
+    split_task,
+)
 
 if TYPE_CHECKING:
     from ._transport._taken import TakenCount
@@ -86,7 +97,9 @@ def _load_task(data: bytes) -> tuple[Callable[..., Any], Any, Any]:
     _, _, wire, body = split_task(data)
     try:
         shipped = arrive(wire) if wire else None
-        func, args, kwds = pickle.loads(body)
+        func, args, kwds = load_task_body(body)
+    except DeserializationError:
+        raise
     except Exception as exc:
         raise DeserializationError(
             f"could not load the task in the worker: {type(exc).__name__}: {exc} — "
@@ -118,7 +131,7 @@ def run_task(data: bytes, fallback: Sequence[Serializer]) -> tuple[bool, Any]:
         return False, portable_exception(exc, fallback)
 
 
-def _exit_when_parent_dies() -> None:
+def _exit_when_parent_dies(segments: ResultSegments | None) -> None:
     parent = multiprocessing.parent_process()
     if parent is None or parent.sentinel is None:
         return
@@ -126,6 +139,8 @@ def _exit_when_parent_dies() -> None:
 
     def watch() -> None:
         multiprocessing.connection.wait([sentinel])
+        if segments is not None:
+            segments.unlink_all()  # the parent would have
         os._exit(1)
 
     threading.Thread(target=watch, name="methodpool-parent-watch", daemon=True).start()
@@ -139,8 +154,13 @@ def run_worker(
     maxtasks: int | None,
     fallback: Sequence[Serializer],
     taken: TakenCount | None = None,
+    out_of_band_min: int | None = None,
 ) -> None:
-    """The worker process's main function (see the module docstring)."""
+    """The worker process's main function (see the module docstring).
+
+    ``out_of_band_min``: the smallest buffer of a result that goes through
+    shared memory; ``None``: results go through the pipe whole.
+    """
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -158,7 +178,8 @@ def run_worker(
         with contextlib.suppress(OSError):
             if conn.fileno() not in own:
                 conn.close()
-    _exit_when_parent_dies()
+    segments = None if out_of_band_min is None else ResultSegments(out_of_band_min)
+    _exit_when_parent_dies(segments)
     if initializer is not None:
         try:
             arguments: Any = initargs
@@ -184,7 +205,7 @@ def run_worker(
         job, index = HEADER.unpack_from(data)
         ok, value = run_task(data, fallback)
         try:
-            results.send_bytes(encode_result(job, index, ok, value, fallback))
+            results.send_bytes(encode_result(job, index, ok, value, fallback, segments))
         except OSError:
             break  # the parent is gone
         del data, value

@@ -62,6 +62,7 @@ from ._wire import (
 
 if TYPE_CHECKING:
     from .._stats import PoolCounters, StatsCollector
+    from ._buffers import TaskSegments
 
 MIN_DEPTH = 2
 MAX_DEPTH = 256
@@ -167,8 +168,11 @@ class Dispatcher:
         counters: PoolCounters,
         skip_main: bool = False,
         transport: Transport = TRANSPORT,
+        buffers: TaskSegments | None = None,
     ) -> None:
         self._run_worker = run_worker
+        # The data plane (shared memory for big buffers), if the pool has one.
+        self._buffers = buffers
         self._skip_main = skip_main
         self._transport = transport
         self._maxtasks = maxtasks
@@ -242,6 +246,7 @@ class Dispatcher:
                 maxtasks,
                 self._fallback,
                 ends.taken,
+                self._buffers.threshold if self._buffers is not None else None,
             ),
             started,
             self._skip_main,
@@ -308,7 +313,7 @@ class Dispatcher:
         if job in ledger.cancelled:
             ledger.cancelled.discard(job)
             return
-        frame = encode_task(task, self._pickler, self._fallback)
+        frame = encode_task(task, self._pickler, self._fallback, self._buffers)
         self._flush_requeue()
         self._send(job, index, frame)
 
@@ -490,6 +495,7 @@ class Dispatcher:
             self._handle(worker, frame)
 
     def _handle(self, worker: _Worker, data: bytes) -> None:
+        self._counters.bytes_read += len(data)
         job, index = HEADER.unpack_from(data)
         now = time.monotonic()
         if job == WORKER_READY:
@@ -508,7 +514,7 @@ class Dispatcher:
         if self._sender_waiting and len(worker.inflight) <= worker.depth // 2:
             with self._cond:
                 self._cond.notify()
-        self._ready.append(decode_result(data))
+        self._ready.append(decode_result(data, self._buffers))
 
     def _worker_ended(self, worker: _Worker) -> None:
         self._selector.unregister(worker.channel)
@@ -519,6 +525,8 @@ class Dispatcher:
             worker.pending.clear()
             worker.pending_bytes = 0
             worker.channel.close()
+        if self._buffers is not None:
+            self._buffers.worker_gone(worker.process.pid)
         # Its pipes close before it can be reaped: the ledger reports the task
         # it was running once the pool's worker handler has reaped it.
         if self.ledger.worker_lost(worker, held, taken) and self._taskqueue is not None:
@@ -531,3 +539,5 @@ class Dispatcher:
             self.ledger.workers.clear()
         for worker in workers:
             worker.channel.close()
+            if self._buffers is not None:
+                self._buffers.worker_gone(worker.process.pid)

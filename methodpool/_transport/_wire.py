@@ -15,6 +15,12 @@ worker or the result-handler thread.  Bodies go by plain ``ForkingPickler``
 (the stdlib's fast path), and by the pool's serializer where that cannot
 carry them.
 
+Big buffers in a task's arguments or its result (numpy arrays and other
+``PickleBuffer`` exporters) travel in shared memory: the body is then an
+:class:`~._buffers.OutOfBand`, the pickle without them plus where they are
+(:mod:`._buffers`).  A result a worker had no segment for carries a third
+element, ``True``, so the parent can count it as a fallback to the pipe.
+
 Control frames use negative job numbers: :data:`WORKER_READY` (sent once,
 after the initializer ran) and :data:`INITIALIZER_FAILED`.
 
@@ -29,15 +35,19 @@ import io
 import os
 import pickle
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._backend import MaybeEncodingError
 from .._errors import DeserializationError, SerializationError
 from .._serializers import Serializer
 from .._shipping import Payload, ShippedCallable, encode
+from ._buffers import BufferGatherer, OutOfBand, read_out_of_band
+
+if TYPE_CHECKING:
+    from ._buffers import ResultSegments, TaskSegments
 
 HEADER = struct.Struct("<qq")
 # A task frame's header: HEADER's fields, then the length of the shipped
@@ -93,21 +103,50 @@ def _big_size(buf: bytearray, start: int, end: int) -> int | None:
     return int(_BIG_SIZE.unpack_from(buf, start + _SIZE.size)[0])
 
 
-def _frame(head: bytes, body: Any, pickler: type[pickle.Pickler]) -> bytes:
+def _frame(
+    head: bytes, body: Any, pickler: type[pickle.Pickler], gatherer: BufferGatherer | None = None
+) -> bytes:
     buf = io.BytesIO()
     buf.write(head)
-    pickler(buf, PROTOCOL).dump(body)
+    # Positional: ForkingPickler.__init__ takes no keywords before 3.12.
+    pickler(buf, PROTOCOL, True, gatherer).dump(body)
     # bytes, not getbuffer(): a frame may wait in a queue or be garbage
     # collected at any time, and a BytesIO with a live export must not be.
     return buf.getvalue()
 
 
-def encode_task(task: Task, pickler: type[pickle.Pickler], fallback: Sequence[Serializer]) -> bytes:
+def _out_of_band_frame(
+    head: bytes,
+    body: Any,
+    pickler: type[pickle.Pickler],
+    gatherer: BufferGatherer,
+    place: Callable[[bytes, BufferGatherer], OutOfBand | None],
+) -> bytes | None:
+    # The frame of body with its big buffers in shared memory, or in band if
+    # it has none; None if it has some and no segment could take them.
+    frame = _frame(head, body, pickler, gatherer)
+    if not gatherer.buffers:
+        return frame
+    message = place(frame[len(head) :], gatherer)
+    if message is None:
+        return None
+    return _frame(head, message, ForkingPickler)
+
+
+def encode_task(
+    task: Task,
+    pickler: type[pickle.Pickler],
+    fallback: Sequence[Serializer],
+    buffers: TaskSegments | None = None,
+) -> bytes:
     """The frame of a task.
 
     A shipped callable goes ahead of the pickle, as its ready-made wire form
     (the worker then skips it if it has that callable loaded); the pickle
     holds ``None`` in its place.
+
+    Big buffers go out of band into ``buffers``' segments (in band if it
+    has none to give, or is ``None``).
 
     Raises :class:`~methodpool.SerializationError` if neither ``pickler`` nor
     the ``fallback`` serializers can carry its arguments; without fallback
@@ -119,6 +158,16 @@ def encode_task(task: Task, pickler: type[pickle.Pickler], fallback: Sequence[Se
         wire, func = func.wire(), None
     head = TASK_HEADER.pack(job, index, len(wire)) + wire
     try:
+        gatherer = buffers.gatherer() if buffers is not None else None
+        if gatherer is not None:
+            segments = buffers
+
+            def place(pickled: bytes, gathered: BufferGatherer) -> OutOfBand | None:
+                return segments.place(job, pickled, gathered)  # type: ignore[union-attr]
+
+            frame = _out_of_band_frame(head, (func, args, kwds), pickler, gatherer, place)
+            if frame is not None:
+                return frame
         return _frame(head, (func, args, kwds), pickler)
     except Exception:
         if not fallback:
@@ -134,6 +183,14 @@ def encode_task(task: Task, pickler: type[pickle.Pickler], fallback: Sequence[Se
         return _frame(head, (func, boxed, None), ForkingPickler)
 
 
+def load_task_body(body: memoryview) -> tuple[Any, Any, Any]:
+    """``(func, args, kwds)`` of a task body, its big buffers read from shared memory."""
+    loaded = pickle.loads(body)
+    if type(loaded) is OutOfBand:
+        loaded = read_out_of_band(loaded)
+    return loaded  # type: ignore[no-any-return]
+
+
 def split_task(data: bytes) -> tuple[int, int, bytes, memoryview]:
     """``(job, index, callable wire form or b"", pickled body)`` of a task frame."""
     job, index, wire_size = TASK_HEADER.unpack_from(data)
@@ -142,14 +199,27 @@ def split_task(data: bytes) -> tuple[int, int, bytes, memoryview]:
 
 
 def encode_result(
-    job: int, index: int, ok: bool, value: Any, fallback: Sequence[Serializer]
+    job: int,
+    index: int,
+    ok: bool,
+    value: Any,
+    fallback: Sequence[Serializer],
+    buffers: ResultSegments | None = None,
 ) -> bytes:
     """The frame of a task's outcome, whatever ``value`` is.
 
-    Plain pickle first; then the ``fallback`` serializers; if none can carry
-    the value, the task fails with the stdlib's ``MaybeEncodingError``.
+    Plain pickle first (big buffers out of band, into ``buffers``' segments,
+    if given); then the ``fallback`` serializers; if none can carry the
+    value, the task fails with the stdlib's ``MaybeEncodingError``.
     """
     try:
+        if buffers is not None:
+            head = HEADER.pack(job, index)
+            frame = _out_of_band_frame(
+                head, (ok, value), ForkingPickler, buffers.gatherer(), buffers.place
+            )
+            # None: no segment free, in band then, marked as a fallback
+            return frame or _frame(head, (ok, value, True), ForkingPickler)
         return _frame(HEADER.pack(job, index), (ok, value), ForkingPickler)
     except Exception as exc:
         try:
@@ -162,12 +232,22 @@ def encode_result(
             return _frame(HEADER.pack(job, index), (False, wrapped), ForkingPickler)
 
 
-def decode_result(data: bytes) -> Result:
+def decode_result(data: bytes, buffers: TaskSegments | None = None) -> Result:
     """The outcome in a result frame; a value that cannot be loaded becomes
-    ``(False, DeserializationError)``."""
+    ``(False, DeserializationError)``.  ``buffers`` reads out-of-band results
+    and counts fallbacks."""
     job, index = HEADER.unpack_from(data)
     try:
-        ok, value = pickle.loads(memoryview(data)[HEADER.size :])
+        outcome = pickle.loads(memoryview(data)[HEADER.size :])
+        if type(outcome) is OutOfBand:
+            if buffers is None:
+                raise DeserializationError(
+                    "an out-of-band result reached a pool without shared buffers"
+                )
+            outcome = buffers.load_result(job, outcome)
+        elif len(outcome) != 2 and buffers is not None:
+            buffers.result_fell_back(job)
+        ok, value = outcome[0], outcome[1]
         if type(value) is Payload:
             value = value.load(f"the result of task {index}")
     except DeserializationError as exc:

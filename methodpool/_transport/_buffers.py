@@ -1,0 +1,488 @@
+"""The data plane: large buffers in arguments and results go through shared memory.
+
+Pickle protocol 5 lets a pickler hand buffers over *out of band*: a numpy
+array (and what is built on one: pandas, pyarrow data) or a
+``pickle.PickleBuffer`` is given to a ``buffer_callback`` instead of being
+copied into the pickle.  Every buffer of at least :data:`OUT_OF_BAND_MIN_BYTES`
+goes into a POSIX shared memory segment; the frame carries an
+:class:`OutOfBand`: the small pickle that remains, the segment's name and
+where each buffer sits in it.  ``bytes`` and ``bytearray`` objects are pickled
+in band by the protocol itself (only a ``PickleBuffer`` wrapped around them
+goes out of band), and the pool's by-value serializers (cloudpickle, dill,
+for what plain pickle cannot carry) always pickle in band.
+
+What it promises:
+
+* The stdlib's copy semantics.  The reader copies each buffer out of the
+  segment into a private ``bytearray`` (one ``memcpy``) before it unpickles:
+  a task may write into its argument without changing the caller's array,
+  results are ordinary writable arrays that stay valid after the pool is
+  gone, and nothing is shared that the caller did not pass.  (A private
+  copy-on-write mapping would save that copy, but a reused segment's next
+  contents would then show through the pages not yet written.)
+* Never a failed task for lack of shared memory: segments are reserved
+  with ``posix_fallocate`` when they are made, so a full ``/dev/shm`` is
+  an ``OSError`` here instead of a ``SIGBUS`` later; the frame then goes
+  through the pipe, in band, and ``PoolCounters.pipe_fallbacks`` and the
+  call's ``CallStats.pipe_fallbacks`` count it.
+* Reuse, bounded.  A segment's first 16 bytes hold two sequence numbers:
+  the writer stores the number of each message it puts there, the reader
+  stores it back once it has copied the message out, and only then may the
+  writer use the segment again.  So pages are faulted in once, not per task.
+* No segment outlives its use:
+
+  - *Arguments*: the parent's :class:`TaskSegments` make and own them.  A
+    segment is busy from when a task is framed until its worker has copied
+    the arguments out; a busy segment whose job is done (the worker died
+    while reading, the task was cancelled, the pool terminated) is unlinked,
+    never reused.  Idle segments are kept for the next tasks while the pool
+    has jobs (at most :data:`IDLE_SEGMENTS`), and unlinked when it has none.
+  - *Results*: each worker makes and reuses at most :data:`RESULT_SEGMENTS`
+    segments (:class:`ResultSegments`), named after its pid
+    (``mpdp_<pid>_<k>``), so the parent knows every name a worker can have
+    made: it unlinks them all once the worker's results pipe has ended (it
+    exited, or was killed at any point) and when the pool stops.  A worker
+    with no free segment sends the result through the pipe.
+  - Every segment is registered with ``multiprocessing``'s resource
+    tracker (one per parent, shared by its workers), which unlinks what is
+    left if the parent and its workers are killed; a worker whose parent
+    dies unlinks its own segments before it exits.
+
+The module is imported by workers (through :mod:`._wire`): it must stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import pickle
+import struct
+import threading
+from typing import TYPE_CHECKING, Any
+
+try:  # CPython's module behind multiprocessing.shared_memory, POSIX only
+    import _posixshmem  # type: ignore[import-not-found]
+except ImportError:  # Windows: no data plane, everything goes through the pipe
+    _posixshmem = None
+
+from .._errors import DeserializationError
+
+if TYPE_CHECKING:
+    from .._stats import PoolCounters, StatsCollector
+
+# The smallest buffer that goes out of band.  Measured (2 cores, fork,
+# map(chunksize=1) of float64 arrays, benchmarks/dataplane.py): through the
+# pipe, 64 KiB arrays ran at the same speed either way (the system calls of
+# a segment's reuse cost about what the pipe's copy saves) and 256 KiB ones
+# 1.5-2x faster out of band; below 64 KiB the pipe wins.
+OUT_OF_BAND_MIN_BYTES = 64 * 1024
+IDLE_SEGMENTS = 4  # idle argument segments a pool keeps for its next tasks
+RESULT_SEGMENTS = 4  # result segments one worker may have at once
+RESULT_PREFIX = "mpdp_"  # + worker pid + "_" + k; short: macOS allows 31 characters
+_ARGS_PREFIX = "mpda_"
+_ALIGN = 64  # each buffer starts on a cache line
+_SEQUENCES = struct.Struct("<QQ")  # (written, released), at the start of a segment
+_RELEASED = struct.Struct("<Q")
+_DATA = _ALIGN  # where the first buffer starts
+_GROWTH = 1 << 20  # segments are made in whole MiB, so a slightly bigger buffer fits
+
+AVAILABLE = _posixshmem is not None
+
+
+def _aligned(size: int) -> int:
+    return (size + _ALIGN - 1) & ~(_ALIGN - 1)
+
+
+class OutOfBand:
+    """Stands in a frame for a pickle whose big buffers are in a shared memory segment.
+
+    ``spans`` are ``(offset, size)`` of each buffer in the segment ``name``;
+    ``sequence`` is the message's number there (see the module docstring).
+    """
+
+    __slots__ = ("name", "pickle", "sequence", "spans")
+
+    def __init__(
+        self, pickle: bytes, name: str, sequence: int, spans: tuple[tuple[int, int], ...]
+    ) -> None:
+        self.pickle = pickle
+        self.name = name
+        self.sequence = sequence
+        self.spans = spans
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (OutOfBand, (self.pickle, self.name, self.sequence, self.spans))
+
+    @property
+    def size(self) -> int:
+        """Bytes of the buffers."""
+        return sum(size for _, size in self.spans)
+
+    def end(self) -> int:
+        """Bytes of the segment the buffers need."""
+        offset, size = self.spans[-1]
+        return offset + size
+
+    def load_from(self, view: memoryview) -> Any:
+        """The object: each buffer copied out of ``view`` (the segment), then
+        unpickled; the segment is released to its writer."""
+        buffers = [bytearray(view[offset : offset + size]) for offset, size in self.spans]
+        # The writer may reuse the segment from here on.  The copies above
+        # are done by then: a memcpy and the interpreter's own work lie
+        # between them and this store (no fence: x86 keeps loads before a
+        # later store in order, and on weaker memory models the distance is
+        # thousands of instructions).
+        _RELEASED.pack_into(view, 8, self.sequence)
+        return pickle.loads(self.pickle, buffers=buffers)
+
+
+class BufferGatherer:
+    """A pickler's ``buffer_callback``: keeps big contiguous buffers out of band."""
+
+    __slots__ = ("buffers", "threshold")
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.buffers: list[memoryview] = []
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        # True: pickle it in band.
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous
+            return True
+        if raw.nbytes < self.threshold:
+            return True
+        self.buffers.append(raw)
+        return False
+
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """Where each gathered buffer goes in a segment."""
+        spans = []
+        offset = _DATA
+        for raw in self.buffers:
+            spans.append((offset, raw.nbytes))
+            offset = _aligned(offset + raw.nbytes)
+        return tuple(spans)
+
+
+class _Segment:
+    """A mapped POSIX shared memory segment, made by this process."""
+
+    __slots__ = ("fd", "job", "map", "name", "sequence", "size", "view")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self.sequence = 0  # the last message written to it
+        self.job: int | None = None  # arguments: the job its message is for
+        flags = os.O_CREAT | os.O_EXCL | os.O_RDWR
+        self.fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
+        try:
+            self._reserve(size)
+            self.map = mmap.mmap(self.fd, size)
+        except BaseException:
+            os.close(self.fd)
+            _posixshmem.shm_unlink("/" + name)
+            raise
+        self.view = memoryview(self.map)
+        _track(name)
+
+    def _reserve(self, size: int) -> None:
+        # Reserve the pages now: on a full tmpfs a plain ftruncate succeeds
+        # and the first write to a page past the space raises SIGBUS.
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(self.fd, 0, size)
+        else:  # macOS: shared memory is not a file system there
+            os.ftruncate(self.fd, size)
+
+    def grow(self, size: int) -> None:
+        """Make room for ``size`` bytes (the contents are not kept)."""
+        self.view.release()
+        self.map.close()
+        self._reserve(size)
+        self.size = size
+        self.map = mmap.mmap(self.fd, size)
+        self.view = memoryview(self.map)
+
+    def free(self) -> bool:
+        """Whether its reader has copied its last message out."""
+        written, released = _SEQUENCES.unpack_from(self.view)
+        return bool(written == released)
+
+    def write(self, gathered: list[memoryview], spans: tuple[tuple[int, int], ...]) -> int:
+        """Copy the buffers in; the message's sequence number."""
+        view = self.view
+        for raw, (offset, size) in zip(gathered, spans, strict=True):
+            view[offset : offset + size] = raw
+        self.sequence += 1
+        _RELEASED.pack_into(view, 0, self.sequence)  # "written"; "released" stays one behind
+        return self.sequence
+
+    def close(self) -> None:
+        """Unmap it and close its descriptor (the name stays)."""
+        self.view.release()
+        self.map.close()
+        os.close(self.fd)
+
+    def unlink(self) -> None:
+        self.close()
+        _unlink(self.name)
+
+
+def _track(name: str) -> None:
+    from multiprocessing import resource_tracker
+
+    resource_tracker.register("/" + name, "shared_memory")
+
+
+def _unlink(name: str) -> bool:
+    """Unlink ``name`` and stop tracking it; whether it existed."""
+    try:
+        _posixshmem.shm_unlink("/" + name)
+    except FileNotFoundError:
+        return False
+    from multiprocessing import resource_tracker
+
+    resource_tracker.unregister("/" + name, "shared_memory")
+    return True
+
+
+def _segment_size(end: int) -> int:
+    return -(-end // _GROWTH) * _GROWTH
+
+
+def read_out_of_band(message: OutOfBand) -> Any:
+    """Load a message from a segment this process does not keep mapped (a task's arguments)."""
+    try:
+        fd = _posixshmem.shm_open("/" + message.name, os.O_RDWR, mode=0o600)
+    except OSError as exc:
+        # Unlinked: its job was done (cancelled, or the pool terminated)
+        # before this worker came to the task.
+        raise DeserializationError(
+            f"the task's arguments are gone from shared memory ({message.name}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        with mmap.mmap(fd, message.end()) as segment, memoryview(segment) as view:
+            return message.load_from(view)
+    finally:
+        os.close(fd)
+
+
+def ensure_tracker() -> None:
+    """Start the resource tracker now, so forked workers share the parent's."""
+    if AVAILABLE:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+
+
+class TaskSegments:
+    """Parent side: the segments of task arguments, and reading results.
+
+    Framing runs in the pool's task-handler thread, loading results in its
+    result-handler thread, :meth:`job_started` / :meth:`job_done` in
+    whichever thread starts or completes a job: one lock guards the lot.
+    ``threshold`` is ``None`` when the pool keeps everything in band.
+    """
+
+    def __init__(self, threshold: int | None, counters: PoolCounters) -> None:
+        self.threshold = threshold if AVAILABLE else None
+        self._counters = counters
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._stats: dict[int, StatsCollector] = {}
+        # Workers' result segments, mapped for reading, by name.
+        self._results: dict[str, tuple[mmap.mmap, memoryview]] = {}
+
+    def gatherer(self) -> BufferGatherer | None:
+        """A ``buffer_callback`` for one frame, or ``None`` to pickle in band."""
+        return None if self.threshold is None else BufferGatherer(self.threshold)
+
+    # -- jobs ---------------------------------------------------------------
+
+    def job_started(self, job: int, stats: StatsCollector) -> None:
+        with self._lock:
+            self._stats[job] = stats
+
+    def job_done(self, job: int) -> None:
+        """Unlink the segments still busy for ``job``; the idle ones too if no job is left."""
+        with self._lock:
+            self._stats.pop(job, None)
+            keep = []
+            for segment in self._segments:
+                if segment.job == job and not segment.free():
+                    segment.unlink()  # its reader died, or never came
+                else:
+                    keep.append(segment)
+            if not self._stats:
+                for segment in keep:
+                    segment.unlink()
+                keep = []
+            self._segments = keep
+
+    # -- arguments (task-handler thread) -----------------------------------
+
+    def place(self, job: int, pickled: bytes, gathered: BufferGatherer) -> OutOfBand | None:
+        """The gathered buffers of a task of ``job``, copied into a segment; ``None``
+        if no segment can be had (then the task goes in band)."""
+        spans = gathered.spans()
+        end = spans[-1][0] + spans[-1][1]
+        with self._lock:
+            segment = self._take(end)
+            if segment is None:
+                self._fell_back(job)
+                return None
+            segment.job = job
+            sequence = segment.write(gathered.buffers, spans)
+            size = sum(size for _, size in spans)
+            self._counters.bytes_out_of_band += size
+            stats = self._stats.get(job)
+            if stats is not None:
+                stats.bytes_out_of_band += size
+        return OutOfBand(pickled, segment.name, sequence, spans)
+
+    def _take(self, end: int) -> _Segment | None:
+        # The smallest free segment that fits; else a new one; trimmed to
+        # IDLE_SEGMENTS free ones.
+        free = [segment for segment in self._segments if segment.free()]
+        fitting = [segment for segment in free if segment.size >= end]
+        if fitting:
+            chosen = min(fitting, key=lambda segment: segment.size)
+        else:
+            try:
+                chosen = _Segment(_ARGS_PREFIX + os.urandom(6).hex(), _segment_size(end))
+            except OSError:
+                return None
+            self._segments.append(chosen)
+            self._counters.segments_created += 1
+        for segment in free[: max(0, len(free) - IDLE_SEGMENTS)]:
+            if segment is not chosen:
+                segment.unlink()
+                self._segments.remove(segment)
+        return chosen
+
+    def _fell_back(self, job: int) -> None:
+        self._counters.pipe_fallbacks += 1
+        stats = self._stats.get(job)
+        if stats is not None:
+            stats.pipe_fallbacks += 1
+
+    # -- results (result-handler thread) -----------------------------------
+
+    def load_result(self, job: int, message: OutOfBand) -> Any:
+        """A result from a worker's segment (mapped once, then kept mapped)."""
+        end = message.end()
+        with self._lock:
+            mapped = self._results.get(message.name)
+            if mapped is None or len(mapped[0]) < end:
+                if mapped is not None:
+                    mapped[1].release()
+                    mapped[0].close()
+                fd = _posixshmem.shm_open("/" + message.name, os.O_RDWR, mode=0o600)
+                try:
+                    size = os.fstat(fd).st_size
+                    segment = mmap.mmap(fd, size)
+                finally:
+                    os.close(fd)
+                mapped = self._results[message.name] = (segment, memoryview(segment))
+            size = message.size
+            self._counters.bytes_out_of_band += size
+            stats = self._stats.get(job)
+            if stats is not None:
+                stats.bytes_out_of_band += size
+            return message.load_from(mapped[1])
+
+    def result_fell_back(self, job: int) -> None:
+        """A worker sent a result in band because it had no free segment."""
+        with self._lock:
+            self._fell_back(job)
+
+    def worker_gone(self, pid: int | None) -> None:
+        """Unlink every result segment worker ``pid`` may have made (its results
+        pipe has ended: it has sent all it will)."""
+        if pid is None or self.threshold is None:
+            return
+        prefix = f"{RESULT_PREFIX}{pid}_"
+        with self._lock:
+            for name in [name for name in self._results if name.startswith(prefix)]:
+                mapped, view = self._results.pop(name)
+                view.release()
+                mapped.close()
+            for k in range(RESULT_SEGMENTS):
+                _unlink(f"{prefix}{k}")
+
+    def close(self) -> None:
+        """Unlink the argument segments and unmap the result segments."""
+        with self._lock:
+            for segment in self._segments:
+                segment.unlink()
+            self._segments = []
+            for mapped, view in self._results.values():
+                view.release()
+                mapped.close()
+            self._results.clear()
+
+
+class ResultSegments:
+    """Worker side: up to :data:`RESULT_SEGMENTS` segments for this worker's results."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self._pid = os.getpid()
+        self._segments: list[_Segment] = []
+
+    def gatherer(self) -> BufferGatherer:
+        return BufferGatherer(self.threshold)
+
+    def place(self, pickled: bytes, gathered: BufferGatherer) -> OutOfBand | None:
+        """The gathered buffers of a result in a segment; ``None`` if none is free
+        and no other can be made (then the result goes in band)."""
+        spans = gathered.spans()
+        end = spans[-1][0] + spans[-1][1]
+        segment = self._take(end)
+        if segment is None:
+            return None
+        sequence = segment.write(gathered.buffers, spans)
+        return OutOfBand(pickled, segment.name, sequence, spans)
+
+    def _take(self, end: int) -> _Segment | None:
+        free = [segment for segment in self._segments if segment.free()]
+        fitting = [segment for segment in free if segment.size >= end]
+        try:
+            if fitting:
+                return min(fitting, key=lambda segment: segment.size)
+            if len(self._segments) < RESULT_SEGMENTS:
+                segment = self._make(_segment_size(end))
+                self._segments.append(segment)
+                return segment
+            if free:  # the parent maps it anew when it sees it has grown
+                segment = max(free, key=lambda segment: segment.size)
+                segment.grow(_segment_size(end))
+                return segment
+        except OSError:
+            pass
+        return None
+
+    def _make(self, size: int) -> _Segment:
+        used = {segment.name for segment in self._segments}
+        name = next(
+            name
+            for k in range(RESULT_SEGMENTS)
+            if (name := f"{RESULT_PREFIX}{self._pid}_{k}") not in used
+        )
+        try:
+            return _Segment(name, size)
+        except FileExistsError:
+            # Left by a process that had this pid before, and was killed
+            # with its parent: this pid's names are this worker's now.
+            _unlink(name)
+            return _Segment(name, size)
+
+    def unlink_all(self) -> None:
+        """The parent is gone: nobody else will unlink them."""
+        for segment in self._segments:
+            with contextlib.suppress(OSError):
+                _unlink(segment.name)
