@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Literal
+from typing import Any, Literal
 
 Task = Callable[[int], int]
 
@@ -130,6 +130,31 @@ START_METHODS: tuple[str, ...] = ("fork", "spawn", "forkserver")
 
 PIPE_MESSAGES: dict[str, int] = {"pipe/64B": 64, "pipe/2MB": 2 * MB}
 """Message size in bytes of each physical-reference workload."""
+
+
+# The data-plane tasks (benchmarks/dataplane.py): numpy arrays in, out, both.
+
+
+def arguments_in(array: Any) -> float:
+    """An array in, a float out."""
+    return float(array[0])
+
+
+@functools.cache
+def _made_array(n: int) -> Any:
+    import numpy as np  # only the data-plane benchmark needs it
+
+    return np.ones(n)
+
+
+def arrays_out(n: int) -> Any:
+    """An array of ``n`` float64 out (made once per worker: the task itself costs nothing)."""
+    return _made_array(n)
+
+
+def echo(array: Any) -> Any:
+    """An array in, the same array out."""
+    return array
 
 
 def drain_pipe(reader: Connection, ack: Connection) -> None:
