@@ -18,6 +18,7 @@ import pytest
 
 from methodpool import MethodPool, _sharedmem
 from methodpool._serializers import dill_problem
+from methodpool._transport import _buffers
 
 # DaskPool's tests need the optional distributed package (methodpool[dask]).
 collect_ignore = [] if importlib.util.find_spec("distributed") else ["test_dask.py"]
@@ -111,13 +112,22 @@ def _no_shm_leftovers() -> Iterator[None]:
     """Every shared memory segment a pool of this session created is gone at its end."""
     created: list[str] = []
     original_init = _sharedmem._Segment.__init__
+    original_buffer_init = _buffers._Segment.__init__
 
     def recording_init(self: Any, data: bytes) -> None:
         original_init(self, data)
         created.append(self.memory.name)
 
+    def recording_buffer_init(self: Any, name: str, size: int) -> None:
+        # The data plane's segments made in this process: argument segments
+        # (and result segments of forked workers, which record them in vain).
+        original_buffer_init(self, name, size)
+        created.append(name)
+
     _sharedmem._Segment.__init__ = recording_init  # type: ignore[method-assign]
+    _buffers._Segment.__init__ = recording_buffer_init  # type: ignore[method-assign]
     yield
     _sharedmem._Segment.__init__ = original_init  # type: ignore[method-assign]
+    _buffers._Segment.__init__ = original_buffer_init  # type: ignore[method-assign]
     leaked = [name for name in created if os.path.exists(f"/dev/shm/{name}")]
     assert not leaked, f"shared memory left behind: {leaked}"

@@ -44,7 +44,8 @@ What it promises:
     (``mpdp_<pid>_<k>``), so the parent knows every name a worker can have
     made: it unlinks them all once the worker's results pipe has ended (it
     exited, or was killed at any point) and when the pool stops.  A worker
-    with no free segment sends the result through the pipe.
+    whose segments all hold results the parent has not copied yet waits for
+    one (:data:`RESULT_WAIT` seconds at most), then uses the pipe.
   - Every segment is registered with ``multiprocessing``'s resource
     tracker (one per parent, shared by its workers), which unlinks what is
     left if the parent and its workers are killed; a worker whose parent
@@ -61,6 +62,7 @@ import os
 import pickle
 import struct
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 try:  # CPython's module behind multiprocessing.shared_memory, POSIX only
@@ -85,6 +87,8 @@ OUT_OF_BAND_MIN_BYTES = 64 * 1024
 IDLE_SEGMENTS = 4
 IDLE_BYTES = 256 << 20
 RESULT_SEGMENTS = 4  # result segments one worker may have at once
+RESULT_WAIT = 1.0  # seconds a worker waits for a free result segment
+_POLL = 0.0002
 RESULT_PREFIX = "mpdp_"  # + worker pid + "_" + k; short: macOS allows 31 characters
 _ARGS_PREFIX = "mpda_"
 _ALIGN = 64  # each buffer starts on a cache line
@@ -505,22 +509,34 @@ class ResultSegments:
         return OutOfBand(pickled, segment.name, sequence, spans)
 
     def _take(self, end: int) -> _Segment | None:
-        free = [segment for segment in self._segments if segment.free()]
-        fitting = [segment for segment in free if segment.size >= end]
-        try:
-            if fitting:
-                return min(fitting, key=lambda segment: segment.size)
-            if len(self._segments) < RESULT_SEGMENTS:
-                segment = self._make(_segment_size(end))
-                self._segments.append(segment)
-                return segment
-            if free:  # the parent maps it anew when it sees it has grown
-                segment = max(free, key=lambda segment: segment.size)
-                segment.grow(_segment_size(end))
-                return segment
-        except OSError:
-            pass
-        return None
+        waited = 0.0
+        while True:
+            free = [segment for segment in self._segments if segment.free()]
+            fitting = [segment for segment in free if segment.size >= end]
+            try:
+                if fitting:
+                    return min(fitting, key=lambda segment: segment.size)
+                if len(self._segments) < RESULT_SEGMENTS:
+                    segment = self._make(_segment_size(end))
+                    self._segments.append(segment)
+                    return segment
+                if free:  # the parent maps it anew when it sees it has grown
+                    segment = max(free, key=lambda segment: segment.size)
+                    segment.grow(_segment_size(end))
+                    return segment
+            except OSError:
+                return None
+            # Every segment holds a result the parent has not copied out yet:
+            # it is slower than this worker (it makes each result's memory,
+            # and page faults are its cost).  Wait for it, as a full pipe
+            # would make the worker wait; through the pipe the result would
+            # cost the parent more still.  A parent that does not come back
+            # (it dropped a result of a worker it is killing) gets this one
+            # through the pipe after RESULT_WAIT seconds.
+            if waited >= RESULT_WAIT:
+                return None
+            time.sleep(_POLL)
+            waited += _POLL
 
     def _make(self, size: int) -> _Segment:
         used = {segment.name for segment in self._segments}
