@@ -176,7 +176,7 @@ def render(
     )
     lines += [
         "",
-        "MethodPool puts buffers of 64 KiB or more through shared memory (see "
+        "MethodPool puts buffers of 256 KiB or more through shared memory (see "
         "[the data plane](dataplane.md)); `shared_buffers=False` sends them "
         "through the pipe, as the others do. joblib memmaps array arguments of "
         "1 MB or more to a folder, not its results; mpire pickles both through "

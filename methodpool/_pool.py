@@ -156,8 +156,8 @@ class MethodPool(multiprocessing.pool.Pool):
         also takes ``task_timeout=`` for its own call.
     ``shared_buffers``
         whether big buffers in arguments and results (numpy arrays and
-        anything else pickle protocol 5 can hand over out of band, of 64 KiB
-        or more) travel through shared memory instead of the pipes (default:
+        anything else pickle protocol 5 can hand over out of band, of 256
+        KiB or more) travel through shared memory instead of the pipes (default:
         yes, where the system has POSIX shared memory).  Copy semantics stay
         the stdlib's: each side gets its own copy.  See ``docs/dataplane.md``.
 

@@ -75,12 +75,16 @@ from .._errors import DeserializationError
 if TYPE_CHECKING:
     from .._stats import PoolCounters, StatsCollector
 
-# The smallest buffer that goes out of band.  Measured (2 cores, fork,
-# map(chunksize=1) of float64 arrays, benchmarks/dataplane.py): through the
-# pipe, 64 KiB arrays ran at the same speed either way (the system calls of
-# a segment's reuse cost about what the pipe's copy saves) and 256 KiB ones
-# 1.5-2x faster out of band; below 64 KiB the pipe wins.
-OUT_OF_BAND_MIN_BYTES = 64 * 1024
+# The smallest buffer that goes out of band.  Measured on 2 cores, fork,
+# map(chunksize=1) of float64 arrays, MB/s through the pipe / out of band,
+# for arrays as arguments and arrays in and out (echo), noisy (a shared
+# machine): 16 KiB echo 77 / 37; 64 KiB echo 171 / 126, arguments 276 / 251;
+# 128 KiB echo 261 / 185 and 220 / 148, arguments 284 / 433 and 363 / 282;
+# 256 KiB echo 274 / 273, 348 / 279, 127 / 231, arguments 357 / 804,
+# 614 / 426, 181 / 426; 1 MiB echo 138 / 777, arguments 286 / 1142.  A
+# segment's system calls and the reader's mapping cost what the pipe's copies
+# cost at about 128-256 KiB; from 256 KiB on shared memory is never behind.
+OUT_OF_BAND_MIN_BYTES = 256 * 1024
 # Idle argument segments a pool keeps for its next tasks, and their bytes at
 # most: making a segment and faulting its pages in costs about 12 ms for 8 MB
 # here, ten times what copying into a mapped one does.
@@ -148,13 +152,19 @@ class OutOfBand:
 
 
 class BufferGatherer:
-    """A pickler's ``buffer_callback``: keeps big contiguous buffers out of band."""
+    """A pickler's ``buffer_callback``: keeps big contiguous buffers out of band.
 
-    __slots__ = ("buffers", "threshold")
+    One per sending thread (the task handler; a worker's main thread), used
+    for frame after frame: the pickler calls it only for buffers, so a frame
+    without any pays nothing for it.  ``job``: the job of the task being framed.
+    """
+
+    __slots__ = ("buffers", "job", "threshold")
 
     def __init__(self, threshold: int) -> None:
         self.threshold = threshold
         self.buffers: list[memoryview] = []
+        self.job = 0
 
     def __call__(self, buffer: pickle.PickleBuffer) -> bool:
         # True: pickle it in band.
@@ -343,10 +353,8 @@ class TaskSegments:
         self._stats: dict[int, StatsCollector] = {}
         # Workers' result segments, mapped for reading, by name.
         self._results: dict[str, tuple[mmap.mmap, memoryview]] = {}
-
-    def gatherer(self) -> BufferGatherer | None:
-        """A ``buffer_callback`` for one frame, or ``None`` to pickle in band."""
-        return None if self.threshold is None else BufferGatherer(self.threshold)
+        # The task handler's buffer_callback (None: everything in band).
+        self.gatherer = None if self.threshold is None else BufferGatherer(self.threshold)
 
     # -- jobs ---------------------------------------------------------------
 
@@ -368,9 +376,10 @@ class TaskSegments:
 
     # -- arguments (task-handler thread) -----------------------------------
 
-    def place(self, job: int, pickled: bytes, gathered: BufferGatherer) -> OutOfBand | None:
-        """The gathered buffers of a task of ``job``, copied into a segment; ``None``
-        if no segment can be had (then the task goes in band)."""
+    def place(self, pickled: bytes, gathered: BufferGatherer) -> OutOfBand | None:
+        """The gathered buffers of a task of ``gathered.job``, copied into a
+        segment; ``None`` if no segment can be had (then the task goes in band)."""
+        job = gathered.job
         spans = gathered.spans()
         end = spans[-1][0] + spans[-1][1]
         with self._lock:
@@ -493,9 +502,7 @@ class ResultSegments:
         self.threshold = threshold
         self._pid = os.getpid()
         self._segments: list[_Segment] = []
-
-    def gatherer(self) -> BufferGatherer:
-        return BufferGatherer(self.threshold)
+        self.gatherer = BufferGatherer(threshold)
 
     def place(self, pickled: bytes, gathered: BufferGatherer) -> OutOfBand | None:
         """The gathered buffers of a result in a segment; ``None`` if none is free

@@ -115,19 +115,18 @@ def _frame(
     return buf.getvalue()
 
 
-def _out_of_band_frame(
+def _place_buffers(
     head: bytes,
-    body: Any,
-    pickler: type[pickle.Pickler],
+    frame: bytes,
     gatherer: BufferGatherer,
     place: Callable[[bytes, BufferGatherer], OutOfBand | None],
 ) -> bytes | None:
-    # The frame of body with its big buffers in shared memory, or in band if
-    # it has none; None if it has some and no segment could take them.
-    frame = _frame(head, body, pickler, gatherer)
-    if not gatherer.buffers:
-        return frame
-    message = place(frame[len(head) :], gatherer)
+    # The frame whose pickle left gathered buffers out, with them in shared
+    # memory; None if no segment could take them.
+    try:
+        message = place(frame[len(head) :], gatherer)
+    finally:
+        gatherer.buffers.clear()
     if message is None:
         return None
     return _frame(head, message, ForkingPickler)
@@ -158,18 +157,16 @@ def encode_task(
         wire, func = func.wire(), None
     head = TASK_HEADER.pack(job, index, len(wire)) + wire
     try:
-        gatherer = buffers.gatherer() if buffers is not None else None
-        if gatherer is not None:
-            segments = buffers
-
-            def place(pickled: bytes, gathered: BufferGatherer) -> OutOfBand | None:
-                return segments.place(job, pickled, gathered)  # type: ignore[union-attr]
-
-            frame = _out_of_band_frame(head, (func, args, kwds), pickler, gatherer, place)
-            if frame is not None:
-                return frame
-        return _frame(head, (func, args, kwds), pickler)
+        gatherer = buffers.gatherer if buffers is not None else None
+        frame = _frame(head, (func, args, kwds), pickler, gatherer)
+        if gatherer is None or not gatherer.buffers:
+            return frame
+        gatherer.job = job
+        placed = _place_buffers(head, frame, gatherer, buffers.place)  # type: ignore[union-attr]
+        return placed or _frame(head, (func, args, kwds), pickler)
     except Exception:
+        if buffers is not None and buffers.gatherer is not None:
+            buffers.gatherer.buffers.clear()  # of the pickle that failed
         if not fallback:
             raise  # serializer="pickle": the stdlib's own error
         what = f"the arguments of task {index}"
@@ -213,15 +210,19 @@ def encode_result(
     value, the task fails with the stdlib's ``MaybeEncodingError``.
     """
     try:
-        if buffers is not None:
-            head = HEADER.pack(job, index)
-            frame = _out_of_band_frame(
-                head, (ok, value), ForkingPickler, buffers.gatherer(), buffers.place
-            )
-            # None: no segment free, in band then, marked as a fallback
-            return frame or _frame(head, (ok, value, True), ForkingPickler)
-        return _frame(HEADER.pack(job, index), (ok, value), ForkingPickler)
+        if buffers is None:
+            return _frame(HEADER.pack(job, index), (ok, value), ForkingPickler)
+        head = HEADER.pack(job, index)
+        gatherer = buffers.gatherer
+        frame = _frame(head, (ok, value), ForkingPickler, gatherer)
+        if not gatherer.buffers:
+            return frame
+        # None: no segment free; in band then, marked as a fallback
+        placed = _place_buffers(head, frame, gatherer, buffers.place)
+        return placed or _frame(head, (ok, value, True), ForkingPickler)
     except Exception as exc:
+        if buffers is not None:
+            buffers.gatherer.buffers.clear()  # of the pickle that failed
         try:
             if not fallback:
                 raise
@@ -239,15 +240,10 @@ def decode_result(data: bytes, buffers: TaskSegments | None = None) -> Result:
     job, index = HEADER.unpack_from(data)
     try:
         outcome = pickle.loads(memoryview(data)[HEADER.size :])
-        if type(outcome) is OutOfBand:
-            if buffers is None:
-                raise DeserializationError(
-                    "an out-of-band result reached a pool without shared buffers"
-                )
-            outcome = buffers.load_result(job, outcome)
-        elif len(outcome) != 2 and buffers is not None:
-            buffers.result_fell_back(job)
-        ok, value = outcome[0], outcome[1]
+        try:
+            ok, value = outcome
+        except (TypeError, ValueError):  # not (ok, value): an out-of-band or fallen-back result
+            ok, value = _unusual_outcome(job, outcome, buffers)
         if type(value) is Payload:
             value = value.load(f"the result of task {index}")
     except DeserializationError as exc:
@@ -262,6 +258,16 @@ def decode_result(data: bytes, buffers: TaskSegments | None = None) -> Result:
     # tuple.__new__, not Result(...): a NamedTuple's own __new__ is Python
     # code, and this runs once per task.
     return tuple.__new__(Result, (job, index, (ok, value)))
+
+
+def _unusual_outcome(job: int, outcome: Any, buffers: TaskSegments | None) -> tuple[bool, Any]:
+    if buffers is None:
+        raise DeserializationError("an out-of-band result reached a pool without shared buffers")
+    if type(outcome) is OutOfBand:
+        ok, value = buffers.load_result(job, outcome)
+        return ok, value
+    buffers.result_fell_back(job)
+    return outcome[0], outcome[1]
 
 
 class FrameReader:
