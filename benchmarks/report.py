@@ -533,13 +533,25 @@ def draw_chart(
     plt.close(figure)
 
 
+def dataplane_section(markdown: Path) -> str:
+    """The data-plane section of an existing report, or ``""``."""
+    from .dataplane import BEGIN, END
+
+    text = markdown.read_text() if markdown.exists() else ""
+    start, end = text.find(BEGIN), text.find(END)
+    return text[start : end + len(END)] + "\n" if 0 <= start < end else ""
+
+
 def write_report(
     results: Sequence[Result], systems: Sequence[System], info: RunInfo, output_dir: Path
 ) -> list[Path]:
     """Write ``benchmarks.md`` and ``benchmarks.png`` into ``output_dir``; return their paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
     markdown = output_dir / "benchmarks.md"
-    markdown.write_text(render_markdown(results, systems, info))
+    text = render_markdown(results, systems, info)
+    # The data-plane section is python -m benchmarks.dataplane's: kept as it is.
+    kept = dataplane_section(markdown)
+    markdown.write_text(text + ("\n" + kept if kept else ""))
     chart = output_dir / "benchmarks.png"
     draw_chart(results, systems, info, chart)
     return [markdown, chart]

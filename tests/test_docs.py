@@ -21,6 +21,7 @@ The API reference must name every public name.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -33,6 +34,8 @@ import methodpool
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = ["index.md", "tutorial.md", "migration.md", "serializers.md"]
+if importlib.util.find_spec("numpy"):  # its examples are about numpy arrays
+    PAGES.append("dataplane.md")
 
 RUNNER = r"""
 import contextlib, doctest, io, multiprocessing, re, sys, tempfile
