@@ -179,8 +179,9 @@ def render(
         "MethodPool puts buffers of 256 KiB or more through shared memory (see "
         "[the data plane](dataplane.md)); `shared_buffers=False` sends them "
         "through the pipe, as the others do. joblib memmaps array arguments of "
-        "1 MB or more to a folder, not its results; mpire pickles both through "
-        "pipes.",
+        "1 MB or more to a folder and its workers read them in place, read-only "
+        "(no copy: here the task reads one item), not its results; mpire pickles "
+        "both through pipes.",
         "",
         "![data plane](benchmarks-dataplane.png)",
         END,
