@@ -154,12 +154,14 @@ def run_worker(
     maxtasks: int | None,
     fallback: Sequence[Serializer],
     taken: TakenCount | None = None,
-    out_of_band_min: int | None = None,
+    out_of_band: tuple[int, str] | None = None,
 ) -> None:
     """The worker process's main function (see the module docstring).
 
-    ``out_of_band_min``: the smallest buffer of a result that goes through
-    shared memory; ``None``: results go through the pipe whole.
+    ``out_of_band``: the smallest buffer of a result that goes through shared
+    memory and the name prefix of this worker's segments
+    (:meth:`~._transport._buffers.TaskSegments.worker_settings`); ``None``:
+    results go through the pipe whole.
     """
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
@@ -178,7 +180,7 @@ def run_worker(
         with contextlib.suppress(OSError):
             if conn.fileno() not in own:
                 conn.close()
-    segments = None if out_of_band_min is None else ResultSegments(out_of_band_min)
+    segments = None if out_of_band is None else ResultSegments(*out_of_band)
     _exit_when_parent_dies(segments)
     if initializer is not None:
         try:

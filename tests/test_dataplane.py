@@ -65,7 +65,7 @@ class Segments:
 
     def left(self) -> list[str]:
         """The ones still in /dev/shm."""
-        prefixes = tuple(f"{_buffers.RESULT_PREFIX}{pid}_" for pid in self.pids)
+        prefixes = tuple(f"{self.pool._buffers.result_prefix}{pid}_" for pid in self.pids)
         return sorted(
             name
             for name in os.listdir(SHM)
@@ -73,7 +73,7 @@ class Segments:
         )
 
     def results(self) -> list[str]:
-        prefixes = tuple(f"{_buffers.RESULT_PREFIX}{pid}_" for pid in self.pids)
+        prefixes = tuple(f"{self.pool._buffers.result_prefix}{pid}_" for pid in self.pids)
         return [name for name in os.listdir(SHM) if prefixes and name.startswith(prefixes)]
 
 
@@ -318,7 +318,7 @@ if __name__ == "__main__":
     time.sleep(0.5)  # argument segments in flight
     names = [segment.name for segment in pool._buffers._segments]
     pids = [process.pid for process in pool._pool]
-    print(repr((names, pids)), flush=True)
+    print(repr((names, pids, pool._buffers.result_prefix)), flush=True)
     time.sleep(60)
 """
 
@@ -336,8 +336,8 @@ def test_parent_killed_leaves_nothing(start_method: str, tmp_path: Path) -> None
     try:
         line = parent.stdout.readline()  # type: ignore[union-attr]
         assert line, parent.stderr.read()  # type: ignore[union-attr]
-        names, pids = eval(line)
-        prefixes = tuple(f"{_buffers.RESULT_PREFIX}{pid}_" for pid in pids)
+        names, pids, result_prefix = eval(line)
+        prefixes = tuple(f"{result_prefix}{pid}_" for pid in pids)
         assert names and any(name.startswith(prefixes) for name in os.listdir(SHM))
         parent.kill()
         parent.wait()
@@ -413,3 +413,37 @@ def test_imap_with_buffersize_holds_bounded_shared_memory(data_pool: MethodPool)
     assert most <= 3 + _buffers.IDLE_SEGMENTS
     assert len(segments.results()) <= 2 * _buffers.RESULT_SEGMENTS
     assert data_pool._counters.segments_created <= 3 + _buffers.IDLE_SEGMENTS
+
+
+def test_pools_whose_workers_share_a_pid_keep_off_each_others_result_segments() -> None:
+    # Two containers that share /dev/shm can each have a worker with pid 7:
+    # a pool unlinks the segments of its own worker with that pid, never
+    # those of another pool's.
+    from methodpool._stats import PoolCounters
+
+    ours, theirs = (
+        _buffers.TaskSegments(_buffers.OUT_OF_BAND_MIN_BYTES, PoolCounters()) for _ in "ab"
+    )
+    assert ours.result_prefix != theirs.result_prefix
+    assert len("/" + ours.result_prefix + "4194304_3") <= 31  # pid_max; macOS's name limit
+    segments = {pool: _buffers.ResultSegments(*pool.worker_settings()) for pool in (ours, theirs)}
+    message = {}
+    for pool, worker in segments.items():
+        gathered = worker.gatherer
+        pickled = pickle.dumps(
+            pickle.PickleBuffer(bytearray(MB8 // 16)), protocol=5, buffer_callback=gathered
+        )
+        message[pool] = worker.place(pickled, gathered)
+        gathered.buffers.clear()
+    names = {pool: message[pool].name for pool in segments}  # type: ignore[union-attr]
+    try:
+        assert names[ours] != names[theirs]
+        ours.worker_gone(os.getpid())  # "its" worker with this pid is gone
+        assert not (SHM / names[ours]).exists()
+        assert (SHM / names[theirs]).exists()
+        assert bytes(theirs.load_result(1, message[theirs])) == bytes(MB8 // 16)
+    finally:
+        theirs.worker_gone(os.getpid())
+        ours.close()
+        theirs.close()
+    assert not (SHM / names[theirs]).exists()

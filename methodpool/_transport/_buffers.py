@@ -40,9 +40,9 @@ What it promises:
     cannot be made; all are unlinked when the pool is terminated or joined.
     Workers keep the last few they read mapped, until the parent unlinks them.
   - *Results*: each worker makes and reuses at most :data:`RESULT_SEGMENTS`
-    segments (:class:`ResultSegments`), named after its pid
-    (``mpdp_<pid>_<k>``), so the parent knows every name a worker can have
-    made: it unlinks them all once the worker's results pipe has ended (it
+    segments (:class:`ResultSegments`), named after its pool and its pid
+    (``mpdp_<tag>_<pid>_<k>``), so the parent knows every name a worker can
+    have made: it unlinks them all once the worker's results pipe has ended (it
     exited, or was killed at any point) and when the pool stops.  A worker
     whose segments all hold results the parent has not copied yet waits for
     one (:data:`RESULT_WAIT` seconds at most), then uses the pipe.
@@ -93,7 +93,11 @@ IDLE_BYTES = 256 << 20
 RESULT_SEGMENTS = 4  # result segments one worker may have at once
 RESULT_WAIT = 1.0  # seconds a worker waits for a free result segment
 _POLL = 0.0002
-RESULT_PREFIX = "mpdp_"  # + worker pid + "_" + k; short: macOS allows 31 characters
+# Result segments are named RESULT_PREFIX + the pool's tag (8 hex digits) +
+# "_" + worker pid + "_" + k: 24 characters at most with the leading "/", within
+# the 31 macOS allows.  The tag keeps two pools whose workers have the same pid
+# (processes in two containers that share /dev/shm) off each other's segments.
+RESULT_PREFIX = "mpdp_"
 _ARGS_PREFIX = "mpda_"
 _ALIGN = 64  # each buffer starts on a cache line
 _SEQUENCES = struct.Struct("<QQ")  # (written, released), at the start of a segment
@@ -355,6 +359,13 @@ class TaskSegments:
         self._results: dict[str, tuple[mmap.mmap, memoryview]] = {}
         # The task handler's buffer_callback (None: everything in band).
         self.gatherer = None if self.threshold is None else BufferGatherer(self.threshold)
+        # What its workers' result segments are named after (see RESULT_PREFIX).
+        self.result_prefix = f"{RESULT_PREFIX}{os.urandom(4).hex()}_"
+
+    def worker_settings(self) -> tuple[int, str] | None:
+        """What a worker needs for its results (``run_worker``'s ``out_of_band``):
+        the smallest buffer that goes out of band, its segments' name prefix."""
+        return None if self.threshold is None else (self.threshold, self.result_prefix)
 
     # -- jobs ---------------------------------------------------------------
 
@@ -474,7 +485,7 @@ class TaskSegments:
         pipe has ended: it has sent all it will)."""
         if pid is None or self.threshold is None:
             return
-        prefix = f"{RESULT_PREFIX}{pid}_"
+        prefix = f"{self.result_prefix}{pid}_"
         with self._lock:
             for name in [name for name in self._results if name.startswith(prefix)]:
                 mapped, view = self._results.pop(name)
@@ -498,9 +509,9 @@ class TaskSegments:
 class ResultSegments:
     """Worker side: up to :data:`RESULT_SEGMENTS` segments for this worker's results."""
 
-    def __init__(self, threshold: int) -> None:
+    def __init__(self, threshold: int, prefix: str) -> None:
         self.threshold = threshold
-        self._pid = os.getpid()
+        self._prefix = f"{prefix}{os.getpid()}_"
         self._segments: list[_Segment] = []
         self.gatherer = BufferGatherer(threshold)
 
@@ -548,15 +559,13 @@ class ResultSegments:
     def _make(self, size: int) -> _Segment:
         used = {segment.name for segment in self._segments}
         name = next(
-            name
-            for k in range(RESULT_SEGMENTS)
-            if (name := f"{RESULT_PREFIX}{self._pid}_{k}") not in used
+            name for k in range(RESULT_SEGMENTS) if (name := f"{self._prefix}{k}") not in used
         )
         try:
             return _Segment(name, size)
         except FileExistsError:
-            # Left by a process that had this pid before, and was killed
-            # with its parent: this pid's names are this worker's now.
+            # Left by a worker of this pool that had this pid before and
+            # whose segment could not be unlinked: the name is this worker's now.
             _unlink(name)
             return _Segment(name, size)
 

@@ -246,7 +246,7 @@ class Dispatcher:
                 maxtasks,
                 self._fallback,
                 ends.taken,
-                self._buffers.threshold if self._buffers is not None else None,
+                self._buffers.worker_settings() if self._buffers is not None else None,
             ),
             started,
             self._skip_main,
