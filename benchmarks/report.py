@@ -285,7 +285,7 @@ def _targets(table: _Results, systems: Sequence[System]) -> list[str]:
         peers = [
             r
             for s in systems
-            if not s.name.startswith(("MethodPool", "DaskPool"))
+            if not s.name.startswith(("MethodPool", "DaskPool", "methodpool."))
             and (r := rate(s.name, workload)) is not None
         ]
         rows.append(
@@ -477,7 +477,11 @@ def draw_chart(
         return
     names = [s.name for s in systems]
     colors = [
-        "tab:orange" if n == BASELINE else "tab:blue" if n.startswith("MethodPool") else "0.6"
+        "tab:orange"
+        if n == BASELINE
+        else "tab:blue"
+        if n.startswith(("MethodPool", "methodpool."))
+        else "0.6"
         for n in names
     ]
     columns = 3

@@ -415,6 +415,28 @@ def test_imap_with_buffersize_holds_bounded_shared_memory(data_pool: MethodPool)
     assert data_pool._counters.segments_created <= 3 + _buffers.IDLE_SEGMENTS
 
 
+@needs_numpy
+def test_a_pool_without_work_gives_its_argument_segments_up(
+    data_pool: MethodPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_buffers, "IDLE_GRACE", 0.2)
+    segments = Segments(data_pool)
+    assert len(data_pool.map(tasks.first, arrays(4), chunksize=1)) == 4
+    segments.note()
+    made = set(segments.arguments)
+    assert made, "the arguments did not go through shared memory"
+    # Calls in a row reuse them...
+    assert len(data_pool.map(tasks.first, arrays(4), chunksize=1)) == 4
+    assert {segment.name for segment in data_pool._buffers._segments} <= made
+    # ...and a pool left alone holds none: given up, emptied, unlinked.
+    deadline = time.monotonic() + 10
+    while data_pool._buffers._segments and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert data_pool._buffers._segments == []
+    assert not made & set(os.listdir(SHM))
+    assert len(data_pool.map(tasks.first, arrays(2), chunksize=1)) == 2  # new ones then
+
+
 def test_pools_whose_workers_share_a_pid_keep_off_each_others_result_segments() -> None:
     # Two containers that share /dev/shm can each have a worker with pid 7:
     # a pool unlinks the segments of its own worker with that pid, never

@@ -36,9 +36,12 @@ What it promises:
     the arguments out; a busy segment whose job is done (the worker died
     while reading, the task was cancelled, the pool terminated) is unlinked,
     never reused.  Up to :data:`IDLE_SEGMENTS` idle ones (:data:`IDLE_BYTES`
-    in all) are kept for the next tasks, and given up first when a new one
-    cannot be made; all are unlinked when the pool is terminated or joined.
-    Workers keep the last few they read mapped, until the parent unlinks them.
+    in all) are kept for the next tasks while the pool has work, and given up
+    first when a new one cannot be made; a pool left without work gives them
+    all up after :data:`IDLE_GRACE` seconds, and all are unlinked when the
+    pool is terminated or joined.  An idle segment given up is emptied
+    (truncated) before it is unlinked, so its memory is free at once, although
+    workers keep the last few segments they read mapped until their next task.
   - *Results*: each worker makes and reuses at most :data:`RESULT_SEGMENTS`
     segments (:class:`ResultSegments`), named after its pool and its pid
     (``mpdp_<tag>_<pid>_<k>``), so the parent knows every name a worker can
@@ -90,6 +93,10 @@ OUT_OF_BAND_MIN_BYTES = 256 * 1024
 # here, ten times what copying into a mapped one does.
 IDLE_SEGMENTS = 4
 IDLE_BYTES = 256 << 20
+# Seconds a pool without work keeps its idle segments, for the next call of a
+# loop of calls: a pool left alone holds no shared memory, which others on
+# the machine may need (containers often have 64 MB of it).
+IDLE_GRACE = 1.0
 RESULT_SEGMENTS = 4  # result segments one worker may have at once
 RESULT_WAIT = 1.0  # seconds a worker waits for a free result segment
 _POLL = 0.0002
@@ -254,6 +261,14 @@ class _Segment:
         self.close()
         _unlink(self.name)
 
+    def give_up(self) -> None:
+        """Unlink it, emptied first: a process that still maps it (a worker's
+        cache of the segments it read) keeps no memory of it.  Only for a free
+        segment, that no reader is still copying from."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)
+        self.unlink()
+
 
 def _track(name: str) -> None:
     from multiprocessing import resource_tracker
@@ -361,6 +376,7 @@ class TaskSegments:
         self.gatherer = None if self.threshold is None else BufferGatherer(self.threshold)
         # What its workers' result segments are named after (see RESULT_PREFIX).
         self.result_prefix = f"{RESULT_PREFIX}{os.urandom(4).hex()}_"
+        self._idle_timer: threading.Timer | None = None
 
     def worker_settings(self) -> tuple[int, str] | None:
         """What a worker needs for its results (``run_worker``'s ``out_of_band``):
@@ -374,7 +390,8 @@ class TaskSegments:
             self._stats[job] = stats
 
     def job_done(self, job: int) -> None:
-        """Unlink the segments still busy for ``job`` (their reader died, or never came)."""
+        """Unlink the segments still busy for ``job`` (their reader died, or never
+        came); once no job is left, give up the idle ones after :data:`IDLE_GRACE`."""
         with self._lock:
             self._stats.pop(job, None)
             keep = []
@@ -384,6 +401,20 @@ class TaskSegments:
                 else:
                     keep.append(segment)
             self._segments = keep
+            if keep and not self._stats and self._idle_timer is None:
+                # A daemon thread: one per spell of idleness of a pool that
+                # used shared memory, none for a pool of small tasks.
+                self._idle_timer = threading.Timer(IDLE_GRACE, self._give_up_idle)
+                self._idle_timer.daemon = True
+                self._idle_timer.start()
+
+    def _give_up_idle(self) -> None:
+        with self._lock:
+            self._idle_timer = None
+            if self._stats:
+                return  # work came back; its last job_done starts another wait
+            for segment in [segment for segment in self._segments if segment.free()]:
+                self._drop(segment)
 
     # -- arguments (task-handler thread) -----------------------------------
 
@@ -441,7 +472,7 @@ class TaskSegments:
         return None
 
     def _drop(self, segment: _Segment) -> None:
-        segment.unlink()
+        segment.give_up()
         self._segments.remove(segment)
 
     def _fell_back(self, job: int) -> None:
@@ -497,6 +528,9 @@ class TaskSegments:
     def close(self) -> None:
         """Unlink the argument segments and unmap the result segments."""
         with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
             for segment in self._segments:
                 segment.unlink()
             self._segments = []
