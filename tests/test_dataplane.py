@@ -303,6 +303,13 @@ def test_worker_killed_between_tasks_leaves_nothing(data_pool: MethodPool) -> No
     assert data_pool.apply(tasks.first, (arrays(1)[0],)) == 0.0
 
 
+def write_script(path: Path, template: str, start_method: str) -> Path:
+    """``template`` filled in (this folder, the start method, 8 MB's items), at ``path``."""
+    tests_dir = str(Path(__file__).parent)
+    path.write_text(textwrap.dedent(template.format(tests=tests_dir, method=start_method, n=N8)))
+    return path
+
+
 PARENT_SCRIPT = """
 import os, sys, time, multiprocessing
 import numpy as np
@@ -325,11 +332,7 @@ if __name__ == "__main__":
 
 @needs_numpy
 def test_parent_killed_leaves_nothing(start_method: str, tmp_path: Path) -> None:
-    script = tmp_path / "parent.py"
-    tests_dir = str(Path(__file__).parent)
-    script.write_text(
-        textwrap.dedent(PARENT_SCRIPT.format(tests=tests_dir, method=start_method, n=N8))
-    )
+    script = write_script(tmp_path / "parent.py", PARENT_SCRIPT, start_method)
     parent = subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -379,11 +382,7 @@ if __name__ == "__main__":
 
 @needs_numpy
 def test_no_shared_memory_falls_back_to_the_pipe(start_method: str, tmp_path: Path) -> None:
-    script = tmp_path / "fallback.py"
-    tests_dir = str(Path(__file__).parent)
-    script.write_text(
-        textwrap.dedent(FALLBACK_SCRIPT.format(tests=tests_dir, method=start_method, n=N8))
-    )
+    script = write_script(tmp_path / "fallback.py", FALLBACK_SCRIPT, start_method)
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=100
     )

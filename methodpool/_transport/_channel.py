@@ -176,10 +176,27 @@ class _TakenFrames:
         return len(self._sizes)
 
 
-class _PosixPipes:
+class _ParentEnds:
+    """The parent's two ends of a channel: what every channel stops and closes alike."""
+
+    __slots__ = ("results", "tasks")
+
+    tasks: Connection  # the parent writes
+    results: Connection  # the parent reads
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.tasks.send_bytes(STOP)
+
+    def close(self) -> None:
+        _close_parent_end(self.tasks)
+        _close_parent_end(self.results)
+
+
+class _PosixPipes(_ParentEnds):
     """Frames on POSIX pipes, written and read by descriptor: many per system call."""
 
-    __slots__ = ("_reader", "_stranded", "results", "tasks")
+    __slots__ = ("_reader", "_stranded")
 
     def __init__(self, tasks: Connection, results: Connection) -> None:
         self.tasks = tasks  # the parent writes
@@ -225,14 +242,6 @@ class _PosixPipes:
             return self._reader.read()
         except OSError:
             raise EOFError from None
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.tasks.send_bytes(STOP)
-
-    def close(self) -> None:
-        _close_parent_end(self.tasks)
-        _close_parent_end(self.results)
 
 
 def _close_parent_end(conn: Connection) -> None:
@@ -342,13 +351,13 @@ class PortableChannel(_PosixPipes):
         self._taken.shared.close()
 
 
-class WindowsChannel:
+class WindowsChannel(_ParentEnds):
     """A :class:`Channel` on ``Connection`` methods alone: one ``send_bytes`` or
     ``recv_bytes`` per frame, which a Windows pipe handle needs (it is no
     file descriptor), and which work on any system; what the worker took,
     from its count.  Frames never wait to be written together."""
 
-    __slots__ = ("_taken", "results", "tasks")
+    __slots__ = ("_taken",)
     batch_bytes = 0
 
     def __init__(self, tasks: Connection, results: Connection, taken: _TakenFrames) -> None:
@@ -392,13 +401,8 @@ class WindowsChannel:
     def untaken(self, delivered: Sequence[bytes]) -> int:
         return min(len(delivered), self._taken.untaken())
 
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.tasks.send_bytes(STOP)
-
     def close(self) -> None:
-        _close_parent_end(self.tasks)
-        _close_parent_end(self.results)
+        super().close()
         self._taken.shared.close()
 
 
