@@ -138,8 +138,10 @@ def test_a_main_module_only_the_parent_can_import(tmp_path: Path, start_method: 
         assert 1 <= tracebacks <= START_FAILURES_MAX + 1
     else:
         assert f"{START_FAILURES_MAX} worker processes in a row exited" in result.stdout
-        # The workers' own tracebacks, one per attempt, and no more attempts.
-        assert tracebacks == START_FAILURES_MAX
+        # The workers' own tracebacks, one per attempt, and no more attempts
+        # than the rule allows: the pool's two first workers start together,
+        # so the first one's replacement may start before the second fails.
+        assert START_FAILURES_MAX <= tracebacks <= START_FAILURES_MAX + 1
 
 
 @pytest.mark.parametrize("start_method", IMPORTING)
