@@ -640,13 +640,16 @@ class MethodPool(multiprocessing.pool.Pool):
         """
         super().terminate()
         fail_pending(self._cache, PoolTerminatedError("the pool was terminated"))
-        self._dispatcher.close()
-        self._segments.close()
-        self._buffers.close()
+        self._release()
 
     def join(self) -> None:
         """Like :meth:`multiprocessing.pool.Pool.join`; also frees shared memory."""
         super().join()
+        self._release()
+
+    def _release(self) -> None:
+        # The workers are gone (or going): their channels, the callables'
+        # segments and the data plane's.
         self._dispatcher.close()
         self._segments.close()
         self._buffers.close()

@@ -293,26 +293,32 @@ def _segment_size(end: int) -> int:
 
 
 class _Mapped:
-    """Another process's segment, mapped here."""
+    """Another process's segment, mapped here whole.  ``watch``: keep its
+    descriptor, to tell whether it was unlinked; else none is held."""
 
     __slots__ = ("fd", "map", "view")
 
-    def __init__(self, name: str) -> None:
-        self.fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+    def __init__(self, name: str, watch: bool = True) -> None:
+        fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
         try:
-            self.map = mmap.mmap(self.fd, os.fstat(self.fd).st_size)
+            self.map = mmap.mmap(fd, os.fstat(fd).st_size)
         except BaseException:
-            os.close(self.fd)
+            os.close(fd)
             raise
+        if not watch:
+            os.close(fd)
+        self.fd = fd if watch else None
         self.view = memoryview(self.map)
 
     def unlinked(self) -> bool:
+        assert self.fd is not None
         return os.fstat(self.fd).st_nlink == 0
 
     def close(self) -> None:
         self.view.release()
         self.map.close()
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 # A worker's mappings of the parent's argument segments, most recently used
@@ -371,7 +377,7 @@ class TaskSegments:
         self._segments: list[_Segment] = []
         self._stats: dict[int, StatsCollector] = {}
         # Workers' result segments, mapped for reading, by name.
-        self._results: dict[str, tuple[mmap.mmap, memoryview]] = {}
+        self._results: dict[str, _Mapped] = {}
         # The task handler's buffer_callback (None: everything in band).
         self.gatherer = None if self.threshold is None else BufferGatherer(self.threshold)
         # What its workers' result segments are named after (see RESULT_PREFIX).
@@ -431,11 +437,7 @@ class TaskSegments:
                 return None
             segment.job = job
             sequence = segment.write(gathered.buffers, spans)
-            size = sum(size for _, size in spans)
-            self._counters.bytes_out_of_band += size
-            stats = self._stats.get(job)
-            if stats is not None:
-                stats.bytes_out_of_band += size
+            self._went_out_of_band(job, sum(size for _, size in spans))
         return OutOfBand(pickled, segment.name, sequence, spans)
 
     def _take(self, end: int) -> _Segment | None:
@@ -475,6 +477,12 @@ class TaskSegments:
         segment.give_up()
         self._segments.remove(segment)
 
+    def _went_out_of_band(self, job: int, size: int) -> None:
+        self._counters.bytes_out_of_band += size
+        stats = self._stats.get(job)
+        if stats is not None:
+            stats.bytes_out_of_band += size
+
     def _fell_back(self, job: int) -> None:
         self._counters.pipe_fallbacks += 1
         stats = self._stats.get(job)
@@ -488,23 +496,12 @@ class TaskSegments:
         end = message.end()
         with self._lock:
             mapped = self._results.get(message.name)
-            if mapped is None or len(mapped[0]) < end:
+            if mapped is None or len(mapped.map) < end:  # new, or grown since
                 if mapped is not None:
-                    mapped[1].release()
-                    mapped[0].close()
-                fd = _posixshmem.shm_open("/" + message.name, os.O_RDWR, mode=0o600)
-                try:
-                    size = os.fstat(fd).st_size
-                    segment = mmap.mmap(fd, size)
-                finally:
-                    os.close(fd)
-                mapped = self._results[message.name] = (segment, memoryview(segment))
-            size = message.size
-            self._counters.bytes_out_of_band += size
-            stats = self._stats.get(job)
-            if stats is not None:
-                stats.bytes_out_of_band += size
-            return message.load_from(mapped[1])
+                    mapped.close()
+                mapped = self._results[message.name] = _Mapped(message.name, watch=False)
+            self._went_out_of_band(job, message.size)
+            return message.load_from(mapped.view)
 
     def result_fell_back(self, job: int) -> None:
         """A worker sent a result in band because it had no free segment."""
@@ -519,9 +516,7 @@ class TaskSegments:
         prefix = f"{self.result_prefix}{pid}_"
         with self._lock:
             for name in [name for name in self._results if name.startswith(prefix)]:
-                mapped, view = self._results.pop(name)
-                view.release()
-                mapped.close()
+                self._results.pop(name).close()
             for k in range(RESULT_SEGMENTS):
                 _unlink(f"{prefix}{k}")
 
@@ -534,8 +529,7 @@ class TaskSegments:
             for segment in self._segments:
                 segment.unlink()
             self._segments = []
-            for mapped, view in self._results.values():
-                view.release()
+            for mapped in self._results.values():
                 mapped.close()
             self._results.clear()
 
